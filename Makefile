@@ -1,0 +1,37 @@
+# Set-up and entry points. Every target creates .venv when missing and (re)builds csrc when it changed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build of torch that lies on this machine's disk; never let pip resolve a CUDA build.
+TORCH := torch==2.13.0
+CPU_EXT_STAMP := $(VENV)/.cpu-ext-built
+CSRC := $(wildcard csrc/*.cpp csrc/*.h) CMakeLists.txt pyproject.toml
+
+.PHONY: setup demo test bench clean
+
+setup: $(CPU_EXT_STAMP)
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+
+$(VENV)/.deps: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH) scikit-build-core pybind11 ninja cmake
+	touch $@
+
+$(CPU_EXT_STAMP): $(VENV)/.deps $(CSRC)
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]" $(TORCH)
+	touch $@
+
+demo: setup
+	$(BIN)/codeinfer generate --max-tokens 48 "def fibonacci(n):"
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python -m pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf build $(VENV) kernels/_cpu*.so

@@ -1,0 +1,109 @@
+"""Pure-torch reference of every op. The "torch" attention backend runs these, and the tests hold the
+C++ and Triton versions to them.
+
+Shared conventions
+- KV cache of one layer: `k_cache`, `v_cache` of shape [num_blocks, block_size, num_kv_heads, head_dim].
+  A slot is `block * block_size + offset`; slot -1 means "do not store".
+- Sequence b of a step owns query rows cu_seqlens_q[b]:cu_seqlens_q[b+1] (its new tokens) and has
+  seq_lens[b] tokens of context in total, new ones included, so its i-th new token sits at position
+  seq_lens[b] - q_len_b + i:
+
+      |<------------- seq_lens[b] ------------->|
+      |<-- already in cache -->|<-- q_len_b --->|
+- window > 0 is local attention: a query at position i sees keys j with i - window < j <= i.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
+                    wte: torch.Tensor, wpe: torch.Tensor | None,
+                    positions: torch.Tensor) -> torch.Tensor:
+    """hidden[t] = wte[modality[t] ? remap[ids[t]] : ids[t]] (+ wpe[positions[t]]).
+
+    ids, modality, positions: [num_tokens] int64; remap: [vocab] int64; wte: [vocab, hidden];
+    wpe: [max_positions, hidden] or None. Returns [num_tokens, hidden] in wte's dtype.
+    """
+    rows = torch.where(modality.bool(), remap[ids], ids)
+    hidden = wte[rows]
+    if wpe is not None:
+        hidden = (hidden.float() + wpe[positions].float()).to(wte.dtype)
+    return hidden
+
+
+def rotary_cos_sin(rotary_dim: int, max_positions: int, base: float = 10000.0) -> torch.Tensor:
+    """[max_positions, rotary_dim] fp32 table: cos of the rotary_dim // 2 frequencies, then sin."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
+    angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int,
+            interleaved: bool) -> None:
+    # x: [num_tokens, num_heads, head_dim]; cos, sin: [num_tokens, 1, rotary_dim // 2]
+    rot = x[..., :rotary_dim].float()
+    if interleaved:  # GPT-J / CodeGen: pairs (0, 1), (2, 3), ...
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+    else:  # NeoX: pairs (i, i + rotary_dim // 2)
+        x1, x2 = rot.chunk(2, dim=-1)
+        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    x[..., :rotary_dim] = out.to(x.dtype)
+
+
+def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                    cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> None:
+    """Rotate q and k in place on their first rotary_dim dims, then store k, v in the cache.
+
+    q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim];
+    positions, slot_mapping: [num_tokens] int64; cos_sin: [max_positions, rotary_dim] fp32
+    (see rotary_cos_sin), unused when rotary_dim == 0; caches: [num_blocks, block_size, kv_heads, dim].
+    """
+    if rotary_dim > 0:
+        half = rotary_dim // 2
+        table = cos_sin[positions]  # [num_tokens, rotary_dim]
+        cos, sin = table[:, None, :half], table[:, None, half:]
+        _rotate(q, cos, sin, rotary_dim, interleaved)
+        _rotate(k, cos, sin, rotary_dim, interleaved)
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    block_size = k_cache.shape[1]
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = k[keep].to(k_cache.dtype)
+    v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+    """Varlen causal attention of new query rows over the paged cache (prefill chunks and decode).
+
+    q: [num_tokens, num_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32;
+    seq_lens: [num_seqs] int32; cu_seqlens_q: [num_seqs + 1] int32. Scores and softmax in fp32.
+    Returns [num_tokens, num_heads, head_dim] in q's dtype.
+    """
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q)
+    for b in range(seq_lens.shape[0]):
+        start, end = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        seq_len, q_len = int(seq_lens[b]), end - start
+        num_blocks = (seq_len + block_size - 1) // block_size
+        blocks = block_tables[b, :num_blocks].long()
+        k = k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].float()
+        v = v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].float()
+        if num_kv_heads != num_heads:
+            k = k.repeat_interleave(num_heads // num_kv_heads, dim=1)
+            v = v.repeat_interleave(num_heads // num_kv_heads, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q[start:end].float(), k) * scale
+        q_pos = torch.arange(seq_len - q_len, seq_len)[:, None]
+        k_pos = torch.arange(seq_len)[None, :]
+        visible = k_pos <= q_pos
+        if window > 0:
+            visible &= k_pos > q_pos - window
+        scores.masked_fill_(~visible, float("-inf"))
+        out[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v).to(q.dtype)
+    return out
