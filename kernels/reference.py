@@ -34,9 +34,10 @@ def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tens
 
 def rotary_cos_sin(rotary_dim: int, max_positions: int, base: float = 10000.0) -> torch.Tensor:
     """[max_positions, rotary_dim] fp32 table: cos of the rotary_dim // 2 frequencies, then sin."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
-    angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+    # fp32 throughout, in the order CodeGen computes it, so positions match it bit for bit.
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64) / rotary_dim))
+    angles = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :].float()
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int,
