@@ -1,9 +1,12 @@
 // pybind11 bindings of the CPU ops (module kernels._cpu). No libtorch: pointers and sizes only.
+// Every op releases the GIL; the argument structs are filled field by field from kernels/cpu.py.
 #include <pybind11/pybind11.h>
 
 #include "ops.h"
 
 namespace py = pybind11;
+using codeinfer::AttentionArgs;
+using codeinfer::RotaryArgs;
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "codeinfer CPU kernels (OpenMP); call through kernels.cpu, which checks the tensors";
@@ -11,4 +14,27 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("ids"), py::arg("modality"), py::arg("remap"), py::arg("wte"), py::arg("wpe"),
         py::arg("positions"), py::arg("out"), py::arg("num_tokens"), py::arg("hidden"),
         py::arg("dtype"));
+
+  py::class_<RotaryArgs>(m, "RotaryArgs")
+      .def(py::init<>())
+#define FIELD(name) .def_readwrite(#name, &RotaryArgs::name)
+      FIELD(q) FIELD(k) FIELD(v) FIELD(positions) FIELD(cos_sin) FIELD(k_cache) FIELD(v_cache)
+      FIELD(slot_mapping) FIELD(num_tokens) FIELD(num_heads) FIELD(num_kv_heads) FIELD(head_dim)
+      FIELD(rotary_dim) FIELD(max_positions) FIELD(num_blocks) FIELD(block_size) FIELD(q_stride_t)
+      FIELD(q_stride_h) FIELD(k_stride_t) FIELD(k_stride_h) FIELD(v_stride_t) FIELD(v_stride_h)
+      FIELD(interleaved);
+#undef FIELD
+  m.def("rotary_store_kv", &codeinfer::rotary_store_kv, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"), py::arg("cache_dtype"));
+
+  py::class_<AttentionArgs>(m, "AttentionArgs")
+      .def(py::init<>())
+#define FIELD(name) .def_readwrite(#name, &AttentionArgs::name)
+      FIELD(q) FIELD(k_cache) FIELD(v_cache) FIELD(block_tables) FIELD(seq_lens) FIELD(cu_seqlens_q)
+      FIELD(out) FIELD(num_tokens) FIELD(num_seqs) FIELD(num_heads) FIELD(num_kv_heads)
+      FIELD(head_dim) FIELD(num_blocks) FIELD(block_size) FIELD(max_blocks_per_seq)
+      FIELD(q_stride_t) FIELD(q_stride_h) FIELD(scale) FIELD(window);
+#undef FIELD
+  m.def("paged_attention", &codeinfer::paged_attention, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"), py::arg("cache_dtype"));
 }

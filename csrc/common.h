@@ -43,3 +43,47 @@ inline bf16 from_float<bf16>(float x) {
 }
 
 }  // namespace codeinfer
+
+namespace codeinfer {
+
+// Row helpers written so GCC vectorises them (`omp simd`, no libm calls in the loop body).
+
+// dst[0:n] = float(src[0:n]).
+inline void load_row(const float* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void load_row(const bf16* src, float* dst, int64_t n) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = __builtin_bit_cast(float, static_cast<uint32_t>(s[i]) << 16);
+}
+
+// dst[0:n] = T(src[0:n]) (bf16: round to nearest even, NaN kept).
+inline void store_row(const float* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void store_row(const float* src, bf16* dst, int64_t n) {
+  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = __builtin_bit_cast(uint32_t, src[i]);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    d[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+  }
+}
+
+// exp(x) for x <= 0 (softmax arguments), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, a degree-6
+// polynomial for exp(r), 2^n built in the exponent bits. Relative error ~1e-7; exactly 0 below -87
+// (so exp(-inf) = 0 and masked keys contribute nothing). Inline and branch-free so it vectorises.
+inline float exp_neg(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = __builtin_floorf(xc * 1.44269504088896341f + 0.5f);
+  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+}  // namespace codeinfer

@@ -1,5 +1,6 @@
 // Declarations of the CPU ops exported by kernels._cpu. Tensors cross the boundary as raw data
-// pointers (uintptr_t) of contiguous buffers; kernels/cpu.py checks shapes, dtypes and contiguity.
+// pointers (uintptr_t); kernels/cpu.py checks shapes, dtypes and strides before calling.
+// The ops with many operands take an argument struct whose fields the bindings expose by name.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,5 +10,28 @@ namespace codeinfer {
 void gated_embedding(uintptr_t ids, uintptr_t modality, uintptr_t remap, uintptr_t wte,
                      uintptr_t wpe, uintptr_t positions, uintptr_t out, int64_t num_tokens,
                      int64_t hidden, const std::string& dtype);
+
+// Operands of rotary_store_kv (see csrc/rotary.cpp for the layouts). Strides are in elements.
+struct RotaryArgs {
+  uintptr_t q = 0, k = 0, v = 0, positions = 0, cos_sin = 0, k_cache = 0, v_cache = 0, slot_mapping = 0;
+  int64_t num_tokens = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t rotary_dim = 0, max_positions = 0, num_blocks = 0, block_size = 0;
+  int64_t q_stride_t = 0, q_stride_h = 0, k_stride_t = 0, k_stride_h = 0, v_stride_t = 0, v_stride_h = 0;
+  bool interleaved = false;
+};
+
+void rotary_store_kv(const RotaryArgs& args, const std::string& dtype, const std::string& cache_dtype);
+
+// Operands of paged_attention (see csrc/attention.cpp for the layouts). Strides are in elements.
+struct AttentionArgs {
+  uintptr_t q = 0, k_cache = 0, v_cache = 0, block_tables = 0, seq_lens = 0, cu_seqlens_q = 0, out = 0;
+  int64_t num_tokens = 0, num_seqs = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t num_blocks = 0, block_size = 0, max_blocks_per_seq = 0;
+  int64_t q_stride_t = 0, q_stride_h = 0;
+  float scale = 1.0f;
+  int64_t window = 0;
+};
+
+void paged_attention(const AttentionArgs& args, const std::string& dtype, const std::string& cache_dtype);
 
 }  // namespace codeinfer

@@ -1,11 +1,14 @@
 """C++ CPU ops (kernels._cpu, pybind11 + OpenMP) behind the same signatures as kernels.reference.
-This wrapper checks shapes, dtypes and contiguity, then hands raw pointers to the C++ code."""
+This wrapper checks shapes, dtypes and strides (TypeError / ValueError naming the argument), then
+hands raw pointers, sizes and element strides to the C++ code, which releases the GIL."""
 from __future__ import annotations
 
 import torch
 
 from kernels import _cpu
+from kernels._checks import check_cache, check_device, check_embedding_shapes, check_rows, check_shape
 
+_CPU = torch.device("cpu")
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
@@ -19,6 +22,10 @@ def _i64(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int64).contiguous()
 
 
+def _i32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.int32).contiguous()
+
+
 def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
                     wte: torch.Tensor, wpe: torch.Tensor | None,
                     positions: torch.Tensor) -> torch.Tensor:
@@ -26,6 +33,7 @@ def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tens
     dtype = _dtype_name(wte, "wte")
     if wpe is not None and wpe.dtype != wte.dtype:
         raise TypeError(f"wpe dtype {wpe.dtype} differs from wte dtype {wte.dtype}")
+    check_embedding_shapes(ids, modality, remap, wte, wpe, positions)
     wte = wte.contiguous()
     ids, modality, remap, positions = _i64(ids), _i64(modality), _i64(remap), _i64(positions)
     num_tokens, hidden = ids.shape[0], wte.shape[1]
@@ -36,4 +44,84 @@ def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tens
         wpe_ptr = wpe.data_ptr()
     _cpu.gated_embedding(ids.data_ptr(), modality.data_ptr(), remap.data_ptr(), wte.data_ptr(),
                          wpe_ptr, positions.data_ptr(), out.data_ptr(), num_tokens, hidden, dtype)
+    return out
+
+
+def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                    cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> None:
+    """See kernels.reference.rotary_store_kv. q, k, v may be strided views ([tokens, heads, dim]
+    with a dense last dim); they are rotated in place. Caches: contiguous, fp32 or bf16."""
+    check_device(_CPU, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache)
+    dtype = _dtype_name(q, "q")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}")
+    check_shape(q, "q", (None, None, None))
+    num_tokens, _, head_dim = q.shape
+    check_cache(k_cache, v_cache)
+    num_kv_heads = k_cache.shape[2]
+    check_shape(k, "k", (num_tokens, num_kv_heads, head_dim))
+    check_shape(v, "v", (num_tokens, num_kv_heads, head_dim))
+    check_shape(k_cache, "k_cache", (None, None, num_kv_heads, head_dim))
+    check_shape(positions, "positions", (num_tokens,))
+    check_shape(slot_mapping, "slot_mapping", (num_tokens,))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_rows(t, name)
+    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        raise ValueError(f"rotary_dim: must be even and in [0, head_dim={head_dim}], got {rotary_dim}")
+    a = _cpu.RotaryArgs()
+    if rotary_dim > 0:
+        if cos_sin is None or cos_sin.dtype != torch.float32 or cos_sin.dim() != 2:
+            raise TypeError("cos_sin: expected a float32 [max_positions, rotary_dim] table")
+        check_shape(cos_sin, "cos_sin", (None, rotary_dim))
+        cos_sin = cos_sin.contiguous()
+        a.cos_sin, a.max_positions = cos_sin.data_ptr(), cos_sin.shape[0]
+    positions, slot_mapping = _i64(positions), _i64(slot_mapping)
+    a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
+    a.positions, a.slot_mapping = positions.data_ptr(), slot_mapping.data_ptr()
+    a.k_cache, a.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
+    a.num_tokens, a.num_heads, a.num_kv_heads, a.head_dim = num_tokens, q.shape[1], num_kv_heads, head_dim
+    a.rotary_dim, a.interleaved = rotary_dim, bool(interleaved)
+    a.num_blocks, a.block_size = k_cache.shape[0], k_cache.shape[1]
+    a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
+    a.k_stride_t, a.k_stride_h = k.stride(0), k.stride(1)
+    a.v_stride_t, a.v_stride_h = v.stride(0), v.stride(1)
+    _cpu.rotary_store_kv(a, dtype, _dtype_name(k_cache, "k_cache"))
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+    """See kernels.reference.paged_attention. q may be a strided view with a dense last dim;
+    returns a contiguous [num_tokens, num_heads, head_dim] tensor in q's dtype."""
+    check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache)
+    dtype = _dtype_name(q, "q")
+    check_shape(q, "q", (None, None, None))
+    check_rows(q, "q")
+    num_tokens, num_heads, head_dim = q.shape
+    check_cache(k_cache, v_cache)
+    check_shape(k_cache, "k_cache", (None, None, None, head_dim))
+    num_kv_heads = k_cache.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    check_shape(block_tables, "block_tables", (None, None))
+    num_seqs = block_tables.shape[0]
+    check_shape(seq_lens, "seq_lens", (num_seqs,))
+    check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
+    if window < 0:
+        raise ValueError(f"window: must be >= 0, got {window}")
+    block_tables, seq_lens, cu_seqlens_q = _i32(block_tables), _i32(seq_lens), _i32(cu_seqlens_q)
+    out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype)
+    a = _cpu.AttentionArgs()
+    a.q, a.k_cache, a.v_cache, a.out = q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr()
+    a.block_tables, a.seq_lens = block_tables.data_ptr(), seq_lens.data_ptr()
+    a.cu_seqlens_q = cu_seqlens_q.data_ptr()
+    a.num_tokens, a.num_seqs, a.num_heads, a.num_kv_heads = num_tokens, num_seqs, num_heads, num_kv_heads
+    a.head_dim, a.num_blocks, a.block_size = head_dim, k_cache.shape[0], k_cache.shape[1]
+    a.max_blocks_per_seq = block_tables.shape[1]
+    a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
+    a.scale, a.window = float(scale), int(window)
+    _cpu.paged_attention(a, dtype, _dtype_name(k_cache, "k_cache"))
     return out

@@ -1,0 +1,208 @@
+// paged_attention: varlen causal attention of new query rows over the paged KV cache, for any mix of
+// prefill chunks and decode rows, with online softmax in fp32 and an optional sliding window.
+//
+// Layouts (element strides):
+//   q: [num_tokens, num_heads, head_dim], row t head h at q + t * q_stride_t + h * q_stride_h
+//   k_cache, v_cache: contiguous [num_blocks, block_size, num_kv_heads, head_dim]
+//   block_tables: [num_seqs, max_blocks_per_seq] int32; seq_lens: [num_seqs] int32;
+//   cu_seqlens_q: [num_seqs + 1] int32; out: contiguous [num_tokens, num_heads, head_dim]
+// Sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1]; its r-th row sits at position
+// seq_lens[b] - q_len_b + r and sees keys j <= position (and j > position - window when window > 0).
+//
+// Parallel work: one item = (sequence, tile of <= kQueryTile query rows, group of heads). A decode
+// row is a tile of one row. Heads are grouped so that an item walks each cache block once and reads
+// its [token, head group, head_dim] rows close together; groups shrink when there are too few items to
+// keep every thread busy. Keys are read block by block straight from the cache (bf16 rows are widened
+// into a block-sized fp32 buffer), never gathered per sequence.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "common.h"
+#include "ops.h"
+
+namespace codeinfer {
+namespace {
+
+constexpr int64_t kQueryTile = 16;
+
+struct WorkItem {
+  int64_t seq, row0, row1, h0, h1;  // query rows [row0, row1) of sequence seq, heads [h0, h1)
+};
+
+// Per-thread buffers; state index i = row_in_tile * num_heads_in_group + head_in_group.
+struct Scratch {
+  std::vector<float> q, acc, m, l, k, v, scores;
+};
+
+// One block's contribution to one (query row, head): scores of n keys (rows of k and v spaced by
+// `stride` floats), then the online-softmax rescale of the running max m, sum l and output acc.
+inline void softmax_update(const float* q, const float* k, const float* v, int64_t stride, int64_t n,
+                           int64_t dim, float& m, float& l, float* acc, float* scores) {
+  float block_max = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* kj = k + j * stride;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < dim; ++d) dot += q[d] * kj[d];
+    scores[j] = dot;
+    block_max = std::max(block_max, dot);
+  }
+  const float m_new = std::max(m, block_max);
+  const float alpha = exp_neg(m - m_new);  // 0 on the first block (m = -inf)
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    scores[j] = exp_neg(scores[j] - m_new);
+    sum += scores[j];
+  }
+  l = l * alpha + sum;
+  m = m_new;
+#pragma omp simd
+  for (int64_t d = 0; d < dim; ++d) acc[d] *= alpha;
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = scores[j];
+    const float* vj = v + j * stride;
+#pragma omp simd
+    for (int64_t d = 0; d < dim; ++d) acc[d] += p * vj[d];
+  }
+}
+
+template <typename TQ, typename TC>
+void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
+  const TQ* q = reinterpret_cast<const TQ*>(a.q);
+  const TC* k_cache = reinterpret_cast<const TC*>(a.k_cache);
+  const TC* v_cache = reinterpret_cast<const TC*>(a.v_cache);
+  const int32_t* seq_lens = reinterpret_cast<const int32_t*>(a.seq_lens);
+  const int32_t* cu = reinterpret_cast<const int32_t*>(a.cu_seqlens_q);
+  const int32_t* table = reinterpret_cast<const int32_t*>(a.block_tables) + w.seq * a.max_blocks_per_seq;
+  TQ* out = reinterpret_cast<TQ*>(a.out);
+
+  const int64_t dim = a.head_dim, bs = a.block_size;
+  const int64_t num_rows = w.row1 - w.row0, num_group = w.h1 - w.h0, num_state = num_rows * num_group;
+  const int64_t heads_per_kv = a.num_heads / a.num_kv_heads;
+  const int64_t slot_stride = a.num_kv_heads * dim;  // elements between consecutive tokens of a block
+  // Position of the tile's first row, and the key range [key_lo, key_hi) any of its rows can see.
+  const int64_t pos0 = seq_lens[w.seq] - (cu[w.seq + 1] - cu[w.seq]) + (w.row0 - cu[w.seq]);
+  const int64_t key_hi = pos0 + num_rows;
+  const int64_t key_lo = a.window > 0 ? std::max<int64_t>(0, pos0 - a.window + 1) : 0;
+
+  s.q.resize(num_state * dim);
+  s.acc.assign(num_state * dim, 0.0f);
+  s.m.assign(num_state, -INFINITY);
+  s.l.assign(num_state, 0.0f);
+  s.k.resize(bs * dim);
+  s.v.resize(bs * dim);
+  s.scores.resize(bs);
+  for (int64_t r = 0; r < num_rows; ++r)
+    for (int64_t g = 0; g < num_group; ++g) {
+      float* qs = s.q.data() + (r * num_group + g) * dim;
+      load_row(q + (w.row0 + r) * a.q_stride_t + (w.h0 + g) * a.q_stride_h, qs, dim);
+      for (int64_t d = 0; d < dim; ++d) qs[d] *= a.scale;
+    }
+
+  // Only blocks that hold a visible key: the window skips whole blocks before key_lo.
+  for (int64_t blk = key_lo / bs; blk * bs < key_hi; ++blk) {
+    const int64_t j0 = std::max(blk * bs, key_lo), j1 = std::min(blk * bs + bs, key_hi);
+    const int64_t block_base = static_cast<int64_t>(table[blk]) * bs * slot_stride;
+    for (int64_t g = 0; g < num_group; ++g) {
+      // Rows j0..j1 of this head's keys and values, as fp32 rows spaced `stride` apart.
+      const int64_t head_base = block_base + (j0 - blk * bs) * slot_stride + (w.h0 + g) / heads_per_kv * dim;
+      const float *k, *v;
+      int64_t stride;
+      if constexpr (std::is_same_v<TC, float>) {
+        k = k_cache + head_base, v = v_cache + head_base, stride = slot_stride;
+      } else {
+        for (int64_t j = 0; j < j1 - j0; ++j) {
+          load_row(k_cache + head_base + j * slot_stride, s.k.data() + j * dim, dim);
+          load_row(v_cache + head_base + j * slot_stride, s.v.data() + j * dim, dim);
+        }
+        k = s.k.data(), v = s.v.data(), stride = dim;
+      }
+      for (int64_t r = 0; r < num_rows; ++r) {
+        // Causal and window bounds of row r inside this block.
+        const int64_t pos = pos0 + r;
+        const int64_t lo = a.window > 0 ? std::max(j0, pos - a.window + 1) : j0;
+        const int64_t hi = std::min(j1, pos + 1);
+        if (lo >= hi) continue;
+        const int64_t i = r * num_group + g;
+        softmax_update(s.q.data() + i * dim, k + (lo - j0) * stride, v + (lo - j0) * stride, stride,
+                       hi - lo, dim, s.m[i], s.l[i], s.acc.data() + i * dim, s.scores.data());
+      }
+    }
+  }
+  for (int64_t r = 0; r < num_rows; ++r)
+    for (int64_t g = 0; g < num_group; ++g) {
+      const int64_t i = r * num_group + g;
+      float* acc = s.acc.data() + i * dim;
+      const float inv = 1.0f / s.l[i];  // l >= 1: the row always sees its own key
+      for (int64_t d = 0; d < dim; ++d) acc[d] *= inv;
+      store_row(acc, out + ((w.row0 + r) * a.num_heads + w.h0 + g) * dim, dim);
+    }
+}
+
+// Checks the metadata (every block id that will be read included) and splits the step into items.
+std::vector<WorkItem> plan(const AttentionArgs& a) {
+  const int32_t* seq_lens = reinterpret_cast<const int32_t*>(a.seq_lens);
+  const int32_t* cu = reinterpret_cast<const int32_t*>(a.cu_seqlens_q);
+  const int32_t* tables = reinterpret_cast<const int32_t*>(a.block_tables);
+  auto fail = [](const std::string& what, int64_t b) {
+    throw std::invalid_argument(what + " (sequence " + std::to_string(b) + ")");
+  };
+  if (cu[0] != 0 || cu[a.num_seqs] > a.num_tokens) fail("cu_seqlens_q must start at 0 and end <= num_tokens", 0);
+  int64_t num_tiles = 0;
+  for (int64_t b = 0; b < a.num_seqs; ++b) {
+    const int64_t q_len = cu[b + 1] - cu[b], seq_len = seq_lens[b];
+    if (q_len < 0) fail("cu_seqlens_q must be non-decreasing", b);
+    if (q_len > seq_len) fail("seq_lens: a sequence has fewer tokens than new query rows", b);
+    if ((seq_len + a.block_size - 1) / a.block_size > a.max_blocks_per_seq) fail("block_tables: too few columns", b);
+    if (q_len == 0) continue;
+    const int64_t first_key = a.window > 0 ? std::max<int64_t>(0, seq_len - q_len - a.window + 1) : 0;
+    for (int64_t blk = first_key / a.block_size; blk * a.block_size < seq_len; ++blk) {
+      const int32_t id = tables[b * a.max_blocks_per_seq + blk];
+      if (id < 0 || id >= a.num_blocks) fail("block_tables: block id " + std::to_string(id) + " out of range", b);
+    }
+    num_tiles += (q_len + kQueryTile - 1) / kQueryTile;
+  }
+  // Enough items for ~4 per thread; heads split into equal groups only when needed.
+  const int64_t want = 4 * omp_get_max_threads();
+  const int64_t num_groups = std::clamp<int64_t>((want + num_tiles - 1) / std::max<int64_t>(num_tiles, 1), 1, a.num_heads);
+  const int64_t group = (a.num_heads + num_groups - 1) / num_groups;
+  std::vector<WorkItem> items;
+  for (int64_t b = 0; b < a.num_seqs; ++b)
+    for (int64_t row = cu[b]; row < cu[b + 1]; row += kQueryTile)
+      for (int64_t h = 0; h < a.num_heads; h += group)
+        items.push_back({b, row, std::min<int64_t>(row + kQueryTile, cu[b + 1]), h, std::min(h + group, a.num_heads)});
+  return items;
+}
+
+template <typename TQ, typename TC>
+void paged_attention_impl(const AttentionArgs& a, const std::vector<WorkItem>& items) {
+#pragma omp parallel
+  {
+    Scratch scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) attend_item<TQ, TC>(a, items[i], scratch);
+  }
+}
+
+}  // namespace
+
+void paged_attention(const AttentionArgs& a, const std::string& dtype, const std::string& cache_dtype) {
+  if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0)
+    throw std::invalid_argument("num_heads must be a multiple of num_kv_heads");
+  const std::vector<WorkItem> items = plan(a);
+  const DType t = parse_dtype(dtype), c = parse_dtype(cache_dtype);
+  if (t == DType::kFloat32 && c == DType::kFloat32) paged_attention_impl<float, float>(a, items);
+  if (t == DType::kFloat32 && c == DType::kBFloat16) paged_attention_impl<float, bf16>(a, items);
+  if (t == DType::kBFloat16 && c == DType::kFloat32) paged_attention_impl<bf16, float>(a, items);
+  if (t == DType::kBFloat16 && c == DType::kBFloat16) paged_attention_impl<bf16, bf16>(a, items);
+}
+
+}  // namespace codeinfer

@@ -1,0 +1,45 @@
+"""Argument checks shared by the C++ and Triton wrappers: each error names the bad argument."""
+from __future__ import annotations
+
+import torch
+
+
+def check_shape(t: torch.Tensor, name: str, shape: tuple) -> None:
+    """shape entries of None match any size."""
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{name}: expected shape {want}, got {list(t.shape)}")
+
+
+def check_device(device: torch.device, **tensors: torch.Tensor) -> None:
+    """Every tensor on `device` (the first operand's device for Triton, cpu for the C++ ops)."""
+    for name, t in tensors.items():
+        if t.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device}, got {t.device}")
+
+
+def check_rows(t: torch.Tensor, name: str) -> None:
+    # [tokens, heads, head_dim] views (e.g. slices of a fused qkv output) are fine if head_dim is dense.
+    if t.stride(2) != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous, got strides {t.stride()}")
+
+
+def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_shape(cache, name, (None, None, None, None))
+        if not cache.is_contiguous():
+            raise ValueError(f"{name}: must be contiguous [num_blocks, block_size, kv_heads, head_dim]")
+    check_shape(v_cache, "v_cache", tuple(k_cache.shape))
+    if v_cache.dtype != k_cache.dtype:
+        raise TypeError(f"v_cache dtype {v_cache.dtype} differs from k_cache dtype {k_cache.dtype}")
+
+
+def check_embedding_shapes(ids, modality, remap, wte, wpe, positions) -> None:
+    """ids, modality, positions: [num_tokens]; remap: [vocab]; wte: [vocab, hidden]; wpe: [*, hidden]."""
+    check_shape(ids, "ids", (None,))
+    for name, t in (("modality", modality), ("positions", positions)):
+        check_shape(t, name, (ids.shape[0],))
+    check_shape(wte, "wte", (None, None))
+    check_shape(remap, "remap", (wte.shape[0],))
+    if wpe is not None:
+        check_shape(wpe, "wpe", (None, wte.shape[1]))

@@ -1,0 +1,116 @@
+"""paged_attention (C++ and Triton) against the gathering torch reference: prefill, chunked prefill
+and decode rows mixed in one step, odd lengths, windows crossed, GQA, several block sizes/head dims."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kernel_helpers import assert_close, filled_caches, random_block_tables
+from kernels import reference
+
+# (name, [(seq_len, q_len), ...], block_size, num_heads, num_kv_heads, head_dim, window, scale)
+CPU_CASES = [
+    ("decode", [(1, 1), (7, 1), (97, 1), (300, 1), (256, 1)], 16, 4, 4, 64, 0, 0.125),
+    ("prefill_window", [(1, 1), (7, 7), (97, 97), (300, 300)], 8, 2, 2, 80, 256, 1.0),
+    ("mixed_chunked", [(300, 45), (97, 1), (7, 7), (300, 1)], 32, 3, 3, 32, 256, None),
+    ("gqa", [(97, 97), (40, 1), (33, 20)], 16, 4, 2, 64, 0, None),
+    ("small_window", [(97, 97), (300, 1), (300, 30)], 16, 2, 2, 64, 16, 1.0),
+]
+# The interpreter runs every program in Python: short sequences, few heads, small windows.
+TRITON_CASES = [
+    ("decode", [(1, 1), (7, 1), (40, 1)], 16, 2, 2, 64, 0, 0.125),
+    ("prefill_window", [(7, 7), (37, 37)], 8, 2, 2, 80, 16, 1.0),
+    ("mixed_gqa", [(45, 13), (9, 1), (3, 3)], 32, 4, 2, 32, 0, None),
+    ("small_window", [(50, 1), (41, 20)], 8, 2, 2, 16, 16, 1.0),
+]
+DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+          (torch.float32, torch.bfloat16)]  # (q dtype, cache dtype)
+
+
+def _inputs(seqs, block_size, num_heads, num_kv_heads, head_dim, q_dtype, cache_dtype):
+    seq_lens = [s for s, _ in seqs]
+    tables, num_blocks = random_block_tables(seq_lens, block_size)
+    k_cache, v_cache = filled_caches(seq_lens, tables, num_blocks, block_size, num_kv_heads, head_dim,
+                                     cache_dtype)
+    cu = torch.tensor([0] + [q for _, q in seqs], dtype=torch.int32).cumsum(0).to(torch.int32)
+    # q as a strided view of a fused projection output, as the engine hands it over.
+    qkv = torch.randn(int(cu[-1]), num_heads + 2 * num_kv_heads, head_dim).to(q_dtype)
+    q = qkv[:, :num_heads]
+    return q, k_cache, v_cache, tables, torch.tensor(seq_lens, dtype=torch.int32), cu
+
+
+def _poison_outside_window(k_cache, v_cache, tables, seqs, block_size, window):
+    """NaN into blocks wholly before every query's window: a kernel that reads them fails."""
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    for b, (seq_len, q_len) in enumerate(seqs):
+        first_key = max(0, seq_len - q_len - window + 1)
+        for blk in range(first_key // block_size):
+            k_cache[tables[b, blk]] = float("nan")
+            v_cache[tables[b, blk]] = float("nan")
+    return k_cache, v_cache
+
+
+def _run_case(ops, case, q_dtype, cache_dtype):
+    name, seqs, block_size, num_heads, num_kv_heads, head_dim, window, scale = case
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    q, k_cache, v_cache, tables, seq_lens, cu = _inputs(seqs, block_size, num_heads, num_kv_heads,
+                                                        head_dim, q_dtype, cache_dtype)
+    expected = reference.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu, scale, window)
+    if window > 0:
+        k_cache, v_cache = _poison_outside_window(k_cache, v_cache, tables, seqs, block_size, window)
+    actual = ops.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu, scale, window)
+    assert_close(actual, expected, f"paged_attention[{name}]")
+
+
+@pytest.mark.parametrize("dtypes", DTYPES, ids=["fp32", "bf16", "fp32q-bf16cache"])
+@pytest.mark.parametrize("case", CPU_CASES, ids=[c[0] for c in CPU_CASES])
+def test_paged_attention_cpu(case, dtypes, cpu_ops):
+    _run_case(cpu_ops, case, *dtypes)
+
+
+@pytest.mark.parametrize("dtypes", DTYPES[:2], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", TRITON_CASES, ids=[c[0] for c in TRITON_CASES])
+def test_paged_attention_triton(case, dtypes, triton_ops):
+    _run_case(triton_ops, case, *dtypes)
+
+
+def test_decode_rows_equal_prefill_rows(backend):
+    """A sequence's last row gives the same result as a decode row or as part of a prefill."""
+    _, ops = backend
+    q, k_cache, v_cache, tables, seq_lens, cu = _inputs([(23, 23)], 8, 2, 2, 32, torch.float32,
+                                                        torch.float32)
+    full = ops.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu, 1.0, 0)
+    one = ops.paged_attention(q[-1:], k_cache, v_cache, tables, seq_lens,
+                              torch.tensor([0, 1], dtype=torch.int32), 1.0, 0)
+    torch.testing.assert_close(one[0], full[-1], atol=1e-5, rtol=1e-5)
+
+
+def test_paged_attention_rejects_bad_inputs(backend):
+    _, ops = backend
+    q, k_cache, v_cache, tables, seq_lens, cu = _inputs([(9, 3)], 8, 2, 2, 16, torch.float32,
+                                                        torch.float32)
+    with pytest.raises(TypeError, match="q"):
+        ops.paged_attention(q.half(), k_cache, v_cache, tables, seq_lens, cu, 1.0, 0)
+    with pytest.raises(ValueError, match="q"):
+        ops.paged_attention(q[:, 0], k_cache, v_cache, tables, seq_lens, cu, 1.0, 0)
+    with pytest.raises(ValueError, match="k_cache"):
+        ops.paged_attention(q, k_cache[..., :8].contiguous(), v_cache[..., :8].contiguous(), tables,
+                            seq_lens, cu, 1.0, 0)
+    with pytest.raises(ValueError, match="k_cache"):
+        ops.paged_attention(q, k_cache.transpose(0, 1), v_cache, tables, seq_lens, cu, 1.0, 0)
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        ops.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu[:1], 1.0, 0)
+    with pytest.raises(ValueError, match="window"):
+        ops.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu, 1.0, -1)
+
+
+def test_cpu_paged_attention_rejects_bad_metadata():
+    from kernels import cpu
+    q, k_cache, v_cache, tables, seq_lens, cu = _inputs([(9, 3)], 8, 2, 2, 16, torch.float32,
+                                                        torch.float32)
+    with pytest.raises(ValueError, match="block_tables"):
+        cpu.paged_attention(q, k_cache, v_cache, tables.fill_(999), seq_lens, cu, 1.0, 0)
+    with pytest.raises(ValueError, match="seq_lens"):
+        cpu.paged_attention(q, k_cache, v_cache, tables, torch.tensor([2], dtype=torch.int32), cu, 1.0, 0)
