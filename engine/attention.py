@@ -1,0 +1,50 @@
+"""Attention metadata of one step and the paged attention layer that calls the backend ops.
+
+A backend is a module with the three ops of kernels.reference (gated_embedding, rotary_store_kv,
+paged_attention): kernels.reference ("torch"), kernels.cpu ("cpu") or kernels.triton ("triton")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AttentionMetadata:
+    """Flat batch of one step, built once by the ModelRunner and passed down explicitly.
+
+    Sequence b contributes query rows cu_seqlens_q[b]:cu_seqlens_q[b+1] (its new tokens):
+
+        |<---------------- seq_lens[b] ---------------->|
+        |<-- context (already in the KV cache) -->|<-- q_len_b -->|   (prefill chunk: q_len_b > 1,
+                                                                        decode: q_len_b == 1)
+    """
+    positions: torch.Tensor     # [num_tokens] int64
+    slot_mapping: torch.Tensor  # [num_tokens] int64, block * block_size + offset; -1 = skip
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int32
+    seq_lens: torch.Tensor      # [num_seqs] int32
+    cu_seqlens_q: torch.Tensor  # [num_seqs + 1] int32
+
+
+class PagedAttention(nn.Module):
+    """Rotary + KV-cache write, then varlen attention over the paged cache, through `ops`."""
+
+    def __init__(self, ops: ModuleType, num_heads: int, head_dim: int, scale: float,
+                 window: int = 0, rotary_dim: int = 0, interleaved: bool = True):
+        super().__init__()
+        self.ops = ops
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.scale, self.window = scale, window
+        self.rotary_dim, self.interleaved = rotary_dim, interleaved
+        self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, num_heads, head_dim]
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+                cos_sin: torch.Tensor | None) -> torch.Tensor:
+        # q, k, v: [num_tokens, num_heads, head_dim], contiguous (rotated in place).
+        self.ops.rotary_store_kv(q, k, v, meta.positions, cos_sin, self.rotary_dim,
+                                 self.interleaved, self.k_cache, self.v_cache, meta.slot_mapping)
+        return self.ops.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables,
+                                        meta.seq_lens, meta.cu_seqlens_q, self.scale, self.window)

@@ -1,0 +1,231 @@
+"""LLMEngine: requests in, RequestOutputs out. step() = schedule -> execute -> update."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.config import load_config
+from engine.model_runner import ModelRunner
+from engine.outputs import CompletionOutput, RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerOutput
+from engine.sequence import Request, Sequence, SequenceStatus
+from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL = "codegen-tiny-py"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_model_dir() -> Path:
+    return ASSETS / DEFAULT_MODEL
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16  # AMX / tensor cores; CPUs without bf16 still run it correctly
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype == "float16" and device.type == "cpu":
+        raise ValueError("dtype 'float16' is for CUDA; on the CPU use 'bfloat16' or 'float32'")
+    return DTYPES[dtype]
+
+
+class LLMEngine:
+    def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
+                 attention_backend: str = "auto", block_size: int = 16,
+                 num_kv_blocks: int | None = None, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
+                 seed: int = 0):
+        for name, value, low in (("block_size", block_size, 1), ("max_num_seqs", max_num_seqs, 1),
+                                 ("max_num_batched_tokens", max_num_batched_tokens, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if num_kv_blocks is not None and (not isinstance(num_kv_blocks, int) or num_kv_blocks < 1):
+            raise ValueError(f"num_kv_blocks must be a positive integer or None, got {num_kv_blocks!r}")
+        model_dir = Path(model) if model is not None else default_model_dir()
+        self.config = load_config(model_dir)
+        self.model_name = model_dir.resolve().name
+        self.tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.runner = ModelRunner(self.config, model_dir, self.dtype, self.device, attention_backend,
+                                  block_size, num_kv_blocks, max_num_seqs,
+                                  sample_vocab_size=min(len(self.tokenizer), self.config.vocab_size))
+        self.block_manager = BlockManager(self.runner.num_kv_blocks, block_size, enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
+        self.requests: dict[str, Request] = {}
+        self.seed = seed
+        self._counter = itertools.count()
+        self._seq_ids = itertools.count()
+        self.generated_modality = 0  # ids the model emits are looked up as text tokens
+
+    # ---------------------------------------------------------------- requests
+    def _tokenize(self, prompt) -> tuple[str | None, list[int], list[int]]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            return prompt, ids, [0] * len(ids)
+        if isinstance(prompt, dict):
+            if "segments" in prompt:
+                return self._tokenize_segments(prompt["segments"])
+            ids = prompt.get("prompt_token_ids")
+            mods = prompt.get("modality")
+        else:
+            ids, mods = prompt, None
+        if not isinstance(ids, (list, tuple)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise ValueError("prompt_token_ids must be a list of integers")
+        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt_token_ids contain ids outside [0, {self.config.vocab_size}): {bad[:5]}")
+        if mods is None:
+            mods = [0] * len(ids)
+        if len(mods) != len(ids) or any(m not in (0, 1) for m in mods):
+            raise ValueError("modality must be a list of 0 (text) / 1 (code), one per prompt token")
+        return None, list(ids), list(mods)
+
+    def _tokenize_segments(self, segments) -> tuple[str, list[int], list[int]]:
+        ids, mods, text = [], [], ""
+        for seg in segments:
+            if not (isinstance(seg, (list, tuple)) and len(seg) == 2 and seg[0] in ("code", "text")
+                    and isinstance(seg[1], str)):
+                raise ValueError(f"segments must be (\"code\" | \"text\", str) pairs, got {seg!r}")
+            seg_ids = self.tokenizer.encode(seg[1])
+            ids += seg_ids
+            mods += [int(seg[0] == "code")] * len(seg_ids)
+            text += seg[1]
+        return text, ids, mods
+
+    def add_request(self, request_id: str, prompt, sampling_params: SamplingParams | None = None) -> None:
+        params = sampling_params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        text, ids, mods = self._tokenize(prompt)
+        if not ids:
+            raise ValueError("prompt must not be empty")
+        limit = self.config.max_position_embeddings
+        if len(ids) + params.max_tokens > limit:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
+                             f"the model's context of {limit} tokens")
+        need = self.block_manager.blocks_needed(len(ids) + params.max_tokens) + params.n - 1
+        if need > self.block_manager.num_blocks:
+            raise ValueError(f"prompt + max_tokens needs {need} KV blocks, the cache has "
+                             f"{self.block_manager.num_blocks} (raise num_kv_blocks)")
+        request = Request(request_id, text, ids, mods, params, next(self._counter))
+        base_seed = params.seed if params.seed is not None else hash((self.seed, request.arrival_index))
+        for i in range(params.n):
+            seq = Sequence(next(self._seq_ids), request, i)
+            seq.generator = torch.Generator().manual_seed((base_seed + i) % (2 ** 63))
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids)
+            request.seqs.append(seq)
+        self.requests[request_id] = request
+        self.scheduler.add(request)
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.scheduler.abort(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---------------------------------------------------------------- the loop
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if sched.empty:
+            return []
+        seqs, result = self.runner.execute(sched)
+        return self._update(sched, seqs, result)
+
+    def _update(self, sched: SchedulerOutput, seqs: list[Sequence], result) -> list[RequestOutput]:
+        touched: dict[str, Request] = {}
+        for item in sched.scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+            for child in item.forks:
+                child.num_computed_tokens = item.seq.num_computed_tokens
+            self.block_manager.register_full_blocks(item.seq)
+            touched[item.seq.request.request_id] = item.seq.request
+        for row, seq in enumerate(seqs):
+            self._append_token(seq, result.token_ids[row], result.logprobs[row], result.top_logprobs[row])
+        outputs = []
+        for rid, request in touched.items():
+            if rid not in self.requests:
+                continue
+            outputs.append(self._request_output(request))
+            if request.finished:
+                del self.requests[rid]
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprob: float, top) -> None:
+        params = seq.request.params
+        seq.token_ids.append(token)
+        seq.modality.append(self.generated_modality)
+        seq.cumulative_logprob += logprob
+        if seq.logprobs is not None:
+            seq.logprobs.append(top)
+        reason = None
+        if token == self.tokenizer.eos_token_id and not params.ignore_eos:
+            reason = "stop"
+        elif params.stop_token_ids and token in params.stop_token_ids:
+            reason = "stop"
+        else:
+            old_len = len(seq.text)
+            seq.text += seq.detokenizer.add(token)
+            if params.stop_strings and self._truncate_at_stop(seq, old_len):
+                reason = "stop"
+        if reason is None and seq.num_output_tokens >= params.max_tokens:
+            reason = "length"
+        if reason is not None:
+            seq.finish_reason = reason
+            self.scheduler.finish(seq)
+
+    @staticmethod
+    def _truncate_at_stop(seq: Sequence, old_len: int) -> bool:
+        stops = seq.request.params.stop_strings
+        start = max(0, old_len - max(len(s) for s in stops) + 1)
+        hits = [i for i in (seq.text.find(s, start) for s in stops) if i >= 0]
+        if not hits:
+            return False
+        seq.text = seq.text[:min(hits)]
+        return True
+
+    def _request_output(self, request: Request) -> RequestOutput:
+        completions = []
+        hold = max((len(s) for s in request.params.stop_strings), default=1) - 1
+        for seq in request.seqs:
+            text = seq.text
+            if not seq.finished and hold:
+                text = text[:max(0, len(text) - hold)]  # could still become a stop string
+            completions.append(CompletionOutput(
+                seq.index, text, list(seq.output_token_ids), seq.finish_reason,
+                list(seq.logprobs) if seq.logprobs is not None else None, seq.cumulative_logprob))
+        return RequestOutput(request.request_id, request.prompt, list(request.prompt_token_ids),
+                             completions, request.finished)
+
+    def get_stats(self) -> dict:
+        bm = self.block_manager
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "num_total_blocks": bm.num_blocks,
+            "num_free_blocks": bm.num_free_blocks,
+            "num_used_blocks": bm.num_blocks - bm.num_free_blocks,
+            "prefix_cache_queries": bm.prefix_queries,
+            "prefix_cache_hits": bm.prefix_hits,
+            "num_preemptions": self.scheduler.num_preemptions,
+        }

@@ -1,0 +1,122 @@
+"""ModelRunner: owns the model, the KV cache and the attention backend; turns a SchedulerOutput
+into one flat batch, runs the forward pass, and samples the rows that need a token."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+import torch
+
+from engine.attention import AttentionMetadata
+from engine.config import ModelConfig
+from engine.sampler import SampleResult, sample
+from engine.scheduler import SchedulerOutput
+from engine.weights import load_model
+
+# Without num_kv_blocks, the CPU KV cache takes at most this fraction of the available RAM.
+CPU_KV_MEMORY_FRACTION = 0.25
+# On CUDA, this fraction of the free device memory after loading the weights.
+CUDA_KV_MEMORY_FRACTION = 0.85
+
+
+def select_ops(name: str, device: torch.device):
+    """The kernels module of an attention backend: "torch", "cpu", "triton" or "auto"."""
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "cpu"
+    if name == "torch":
+        from kernels import reference
+        return reference
+    if name == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"attention_backend 'cpu' runs the C++ CPU kernels; device is {device}")
+        from kernels import cpu
+        return cpu
+    if name == "triton":
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("attention_backend 'triton' needs a CUDA device; on the CPU it runs "
+                             "only under the Triton interpreter (set TRITON_INTERPRET=1)")
+        from kernels import triton as triton_ops
+        return triton_ops
+    raise ValueError(f"attention_backend must be 'auto', 'torch', 'cpu' or 'triton', got {name!r}")
+
+
+class ModelRunner:
+    def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
+                 device: torch.device, attention_backend: str, block_size: int,
+                 num_kv_blocks: int | None, max_num_seqs: int, sample_vocab_size: int):
+        self.config, self.device, self.dtype, self.block_size = config, device, dtype, block_size
+        self.ops = select_ops(attention_backend, device)
+        self.model = load_model(config, model_dir, self.ops, dtype, device)
+        # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
+        self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)
+        self.logits_mask[sample_vocab_size:] = True
+        self.remap = torch.arange(config.vocab_size, device=device)  # identity: plain lookup
+        self.num_kv_blocks = num_kv_blocks or self._kv_blocks_from_budget(max_num_seqs)
+        # [num_layers, 2, num_blocks, block_size, num_heads, head_dim]; layer l reads kv[l, 0/1].
+        self.kv_cache = torch.empty(config.num_layers, 2, self.num_kv_blocks, block_size,
+                                    config.num_heads, config.head_dim, dtype=dtype, device=device)
+        for i, layer in enumerate(self.model.layers):
+            layer.attn.attn.k_cache = self.kv_cache[i, 0]
+            layer.attn.attn.v_cache = self.kv_cache[i, 1]
+
+    def block_bytes(self) -> int:
+        c = self.config
+        return 2 * c.num_layers * self.block_size * c.hidden_size * self.dtype.itemsize
+
+    def _kv_blocks_from_budget(self, max_num_seqs: int) -> int:
+        if self.device.type == "cuda":
+            budget = torch.cuda.mem_get_info(self.device)[0] * CUDA_KV_MEMORY_FRACTION
+        else:
+            budget = psutil.virtual_memory().available * CPU_KV_MEMORY_FRACTION
+        useful = max_num_seqs * -(-self.config.max_position_embeddings // self.block_size)
+        return max(1, min(int(budget // self.block_bytes()), useful))
+
+    def _prepare(self, sched: SchedulerOutput):
+        bs = self.block_size
+        input_ids, modality, positions, slots = [], [], [], []
+        cu_seqlens_q, seq_lens, tables = [0], [], []
+        sample_rows, sample_seqs = [], []
+        for item in sched.scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            input_ids += seq.token_ids[start:end]
+            modality += seq.modality[start:end]
+            positions += range(start, end)
+            table = seq.block_table
+            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            cu_seqlens_q.append(cu_seqlens_q[-1] + item.num_new_tokens)
+            seq_lens.append(end)
+            tables.append(table)
+            if item.sample:
+                for s in [seq, *item.forks]:
+                    sample_rows.append(cu_seqlens_q[-1] - 1)
+                    sample_seqs.append(s)
+        width = max(len(t) for t in tables)
+        block_tables = torch.zeros(len(tables), width, dtype=torch.int32)
+        for i, t in enumerate(tables):
+            block_tables[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        dev = self.device
+        meta = AttentionMetadata(
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_tables=block_tables.to(dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            cu_seqlens_q=torch.tensor(cu_seqlens_q, dtype=torch.int32, device=dev),
+        )
+        ids = torch.tensor(input_ids, dtype=torch.int64, device=dev)
+        mods = torch.tensor(modality, dtype=torch.int64, device=dev)
+        return ids, mods, meta, sample_rows, sample_seqs
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> tuple[list, SampleResult | None]:
+        """Run one step; returns (sequences that sampled, their samples) in row order."""
+        for src, dst in sched.block_copies:  # copy-on-write of blocks shared by forked samples
+            self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
+        ids, mods, meta, rows, seqs = self._prepare(sched)
+        hidden = self.model(ids, mods, self.remap, meta)
+        if not rows:
+            return [], None
+        logits = self.model.compute_logits(hidden[rows]).float()
+        logits.masked_fill_(self.logits_mask.to(logits.device), float("-inf"))
+        return seqs, sample(logits.cpu(), seqs)

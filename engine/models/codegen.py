@@ -1,0 +1,95 @@
+"""CodeGen (CodeGenForCausalLM): fused qkv_proj stored as 4 chunks ordered q, v, k (re-laid out to
+q, k, v at load), partial interleaved rotary, parallel residual, gelu_new, untied lm_head with bias."""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from engine.attention import AttentionMetadata
+from engine.config import ModelConfig
+from engine.models.layers import MLP, SelfAttention
+from kernels.reference import rotary_cos_sin
+
+# CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are 4 chunks of [q | v | k].
+QKV_CHUNKS = 4
+
+
+def relayout_qkv(weight: torch.Tensor) -> torch.Tensor:
+    """[3 * hidden, hidden] in CodeGen's (chunk, {q, v, k}, rows) order -> rows q, then k, then v."""
+    hidden = weight.shape[1]
+    chunks = weight.view(QKV_CHUNKS, 3, hidden // QKV_CHUNKS, hidden)
+    q, v, k = chunks.unbind(1)  # each [QKV_CHUNKS, hidden // QKV_CHUNKS, hidden]
+    return torch.cat([q.reshape(hidden, hidden), k.reshape(hidden, hidden),
+                      v.reshape(hidden, hidden)])
+
+
+class CodeGenBlock(nn.Module):
+    def __init__(self, config: ModelConfig, ops):
+        super().__init__()
+        h = config.hidden_size
+        self.ln_1 = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.attn = SelfAttention(ops, h, config.num_heads, config.attention_scale, window=0,
+                                  rotary_dim=config.rotary_dim, interleaved=True,
+                                  qkv_bias=False, out_bias=False)
+        self.mlp = MLP(h, config.intermediate_size, config.activation)
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        return x + self.attn(h, meta, cos_sin) + self.mlp(h)  # parallel residual
+
+
+class CodeGenForCausalLM(nn.Module):
+    WEIGHT_MAP = [
+        (r"transformer\.wte\.weight", "wte.weight"),
+        (r"transformer\.h\.(\d+)\.ln_1\.(weight|bias)", r"layers.\1.ln_1.\2"),
+        (r"transformer\.h\.(\d+)\.attn\.qkv_proj\.weight", r"layers.\1.attn.qkv_proj.weight"),
+        (r"transformer\.h\.(\d+)\.attn\.out_proj\.weight", r"layers.\1.attn.out_proj.weight"),
+        (r"transformer\.h\.(\d+)\.mlp\.fc_in\.(weight|bias)", r"layers.\1.mlp.fc_in.\2"),
+        (r"transformer\.h\.(\d+)\.mlp\.fc_out\.(weight|bias)", r"layers.\1.mlp.fc_out.\2"),
+        (r"transformer\.ln_f\.(weight|bias)", r"ln_f.\1"),
+        (r"lm_head\.(weight|bias)", r"lm_head.\1"),
+    ]
+    IGNORED = re.compile(r".*attn\.(causal_mask|masked_bias|bias|embed_positions)$")
+
+    def __init__(self, config: ModelConfig, ops):
+        super().__init__()
+        self.config, self.ops = config, ops
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(CodeGenBlock(config, ops) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.cos_sin: torch.Tensor | None = None  # [max_positions, rotary_dim] fp32, see post_load
+
+    def map_weight(self, name: str):
+        if self.IGNORED.match(name):
+            return ()
+        if name == "lm_head.weight" and self.config.tie_word_embeddings:
+            return ()
+        for pattern, target in self.WEIGHT_MAP:
+            if re.fullmatch(pattern, name):
+                return re.sub(pattern, target, name), None
+        return None
+
+    def transform_weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return relayout_qkv(tensor) if name.endswith("qkv_proj.weight") else tensor
+
+    def post_load(self) -> None:
+        device = self.wte.weight.device
+        self.cos_sin = rotary_cos_sin(self.config.rotary_dim,
+                                      self.config.max_position_embeddings).to(device)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, input_ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, None, meta.positions)
+        for layer in self.layers:
+            x = layer(x, meta, self.cos_sin)
+        return self.ln_f(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)

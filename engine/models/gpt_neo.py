@@ -1,0 +1,85 @@
+"""GPT-Neo (GPTNeoForCausalLM): learned positions, alternating global/local attention with no
+1/sqrt(d) scaling, sequential residual, lm_head tied to wte."""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from engine.attention import AttentionMetadata
+from engine.config import ModelConfig
+from engine.models.layers import MLP, SelfAttention
+
+
+class GPTNeoBlock(nn.Module):
+    def __init__(self, config: ModelConfig, ops, layer_idx: int):
+        super().__init__()
+        h = config.hidden_size
+        self.ln_1 = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.attn = SelfAttention(ops, h, config.num_heads, config.attention_scale,
+                                  config.layer_windows[layer_idx], rotary_dim=0, interleaved=False,
+                                  qkv_bias=False, out_bias=True)
+        self.ln_2 = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.mlp = MLP(h, config.intermediate_size, config.activation)
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), meta, None)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPTNeoForCausalLM(nn.Module):
+    # HF name -> (local name, shard of a packed parameter or None). Anything matching IGNORED is a
+    # buffer transformers saves (causal masks), not a weight.
+    WEIGHT_MAP = [
+        (r"transformer\.wte\.weight", "wte.weight", None),
+        (r"transformer\.wpe\.weight", "wpe.weight", None),
+        (r"transformer\.h\.(\d+)\.ln_(\d)\.(weight|bias)", r"layers.\1.ln_\2.\3", None),
+        (r"transformer\.h\.(\d+)\.attn\.attention\.q_proj\.weight", r"layers.\1.attn.qkv_proj.weight", 0),
+        (r"transformer\.h\.(\d+)\.attn\.attention\.k_proj\.weight", r"layers.\1.attn.qkv_proj.weight", 1),
+        (r"transformer\.h\.(\d+)\.attn\.attention\.v_proj\.weight", r"layers.\1.attn.qkv_proj.weight", 2),
+        (r"transformer\.h\.(\d+)\.attn\.attention\.out_proj\.(weight|bias)", r"layers.\1.attn.out_proj.\2", None),
+        (r"transformer\.h\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"layers.\1.mlp.fc_in.\2", None),
+        (r"transformer\.h\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"layers.\1.mlp.fc_out.\2", None),
+        (r"transformer\.ln_f\.(weight|bias)", r"ln_f.\1", None),
+        (r"lm_head\.weight", "lm_head.weight", None),
+    ]
+    IGNORED = re.compile(r".*attn\.attention\.(bias|masked_bias)$")
+
+    def __init__(self, config: ModelConfig, ops):
+        super().__init__()
+        self.config, self.ops = config, ops
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.layers = nn.ModuleList(GPTNeoBlock(config, ops, i) for i in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
+
+    def map_weight(self, name: str):
+        """(local name, shard) for a checkpoint tensor name; None if unknown; () if ignored."""
+        if self.IGNORED.match(name) or (name == "lm_head.weight" and self.lm_head is None):
+            return ()
+        for pattern, target, shard in self.WEIGHT_MAP:
+            if re.fullmatch(pattern, name):
+                return re.sub(pattern, target, name), shard
+        return None
+
+    def transform_weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def post_load(self) -> None:
+        pass
+
+    def forward(self, input_ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, modality: [num_tokens] -> hidden states [num_tokens, hidden]."""
+        x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, self.wpe.weight,
+                                     meta.positions)
+        for layer in self.layers:
+            x = layer(x, meta)
+        return self.ln_f(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight)

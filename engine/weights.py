@@ -1,0 +1,119 @@
+"""Checkpoint loading: build the model on the meta device, materialise it, fill it from safetensors
+through the model's mapping table, and fail with every missing, unexpected or mis-shaped tensor.
+
+Nothing is unpickled here; `convert_bin_to_safetensors` reads .bin files with weights_only=True."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from engine.config import ModelConfig
+from engine.models import MODEL_REGISTRY
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [model_dir / f for f in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ValueError(f"model: shards named in {index.name} are missing: {missing}")
+        return files
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if list(model_dir.glob("*.bin")):
+        raise ValueError(f"model: {model_dir} has only pytorch .bin weights; convert them with "
+                         f"`codeinfer convert {model_dir} DST` (no pickle is loaded at serve time)")
+    raise ValueError(f"model: no model.safetensors or model.safetensors.index.json in {model_dir}")
+
+
+def iter_checkpoint(model_dir: Path):
+    """Yield (name, tensor) of every tensor of the checkpoint, shard by shard."""
+    for path in safetensors_files(model_dir):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"model: cannot read {path} (truncated or corrupt?): {e}") from None
+
+
+def load_model(config: ModelConfig, model_dir: str | Path, ops, dtype: torch.dtype,
+               device: torch.device) -> torch.nn.Module:
+    """Instantiate config.architecture and load its weights in `dtype` on `device`."""
+    model_cls = MODEL_REGISTRY[config.architecture]
+    with torch.device("meta"):
+        model = model_cls(config, ops)
+    model = model.to(dtype).to_empty(device=device)
+    params = dict(model.named_parameters())
+    # Packed parameters (q, k, v of GPT-Neo) are filled shard by shard: track which shards arrived.
+    filled: dict[str, set] = {name: set() for name in params}
+    unexpected, bad_shapes = [], []
+    for name, tensor in iter_checkpoint(Path(model_dir)):
+        target = model.map_weight(name)
+        if target == ():
+            continue
+        if target is None or target[0] not in params:
+            unexpected.append(name)
+            continue
+        local, shard = target
+        tensor = model.transform_weight(local, tensor)
+        param = params[local]
+        dest = param.data if shard is None else param.data.chunk(3, dim=0)[shard]
+        if tuple(dest.shape) != tuple(tensor.shape):
+            bad_shapes.append(f"{name}: checkpoint {tuple(tensor.shape)}, model {tuple(dest.shape)}")
+            continue
+        dest.copy_(tensor)
+        filled[local].add(shard)
+    missing = [n for n, got in filled.items() if not got or (None not in got and len(got) < 3)]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {sorted(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {sorted(unexpected)}")
+    if bad_shapes:
+        problems.append(f"wrong shapes: {bad_shapes}")
+    if problems:
+        raise ValueError(f"model: checkpoint {model_dir} does not match {config.architecture} "
+                         f"config: " + "; ".join(problems))
+    model.post_load()
+    return model.eval()
+
+
+def convert_bin_to_safetensors(src: str | Path, dst: str | Path) -> list[Path]:
+    """Convert a pytorch_model*.bin checkpoint folder to safetensors (tensors only, weights_only)."""
+    src, dst = Path(src), Path(dst)
+    bins = sorted(src.glob("pytorch_model*.bin"))
+    if not bins:
+        raise ValueError(f"src: no pytorch_model*.bin files in {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for path in bins:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses anything but tensors and plain containers
+            raise ValueError(f"src: cannot load {path} as plain tensors: {e}") from None
+        for name, tensor in state.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"src: {path} entry {name!r} is not a tensor")
+            tensors[name] = tensor.contiguous()
+    # safetensors refuses shared storage: clone tensors that alias another (tied embeddings).
+    seen: set[int] = set()
+    for name, tensor in tensors.items():
+        if tensor.data_ptr() in seen:
+            tensors[name] = tensor.clone()
+        seen.add(tensors[name].data_ptr())
+    out = dst / "model.safetensors"
+    save_file(tensors, str(out), metadata={"format": "pt"})
+    written = [out]
+    for aux in src.iterdir():
+        if aux.suffix in (".json", ".txt", ".model") and not (dst / aux.name).exists():
+            (dst / aux.name).write_bytes(aux.read_bytes())
+            written.append(dst / aux.name)
+    return written
