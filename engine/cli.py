@@ -1,0 +1,35 @@
+"""The `codeinfer` console script: one parser, a subcommand per module in engine/commands/."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each name is a module engine/commands/<name>.py with register(subparsers).
+COMMANDS = ("generate", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codeinfer",
+        description="Fast inference for small code models (GPT-Neo / PyCodeGPT, CodeGen, "
+                    "diff-codegen, CodeCLM): generate, serve, bench, convert, edit, eval.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"engine.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"codeinfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `codeinfer` CLI: each module has register(subparsers) setting func=run."""
