@@ -1,0 +1,92 @@
+"""`codeinfer serve`: load the model once and answer OpenAI-style completions over HTTP.
+
+SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish for up to
+--shutdown-timeout seconds, abort the rest, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+logger = logging.getLogger("codeinfer.serve")
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="OpenAI-compatible completion server",
+        description="Serve POST /v1/completions, GET /v1/models, /health and /metrics.")
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
+    p.add_argument("--dtype", default="auto",
+                   choices=["auto", "float32", "bfloat16", "float16", "int8"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "cpu", "triton"])
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                   help="disable prefix caching (on by default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for their first token before new ones get 503")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests may run after SIGTERM before being aborted")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Until uvicorn installs its own handlers, SIGTERM (e.g. during the model load) exits 0.
+    signal.signal(signal.SIGTERM, _exit_now)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.max_queue < 0:
+        print("error: --max-queue must be >= 0", file=sys.stderr)
+        return 2
+    if args.host not in _LOOPBACK and args.api_key is None:
+        logger.warning("listening on %s without --api-key: anyone who can reach it can use it",
+                       args.host)
+
+    import uvicorn
+
+    from engine.async_engine import AsyncLLM
+    from engine.llm_engine import LLMEngine
+    from engine.server import build_app
+
+    try:
+        engine = LLMEngine(
+            model=args.model, dtype=args.dtype, device=args.device,
+            attention_backend=args.attention_backend, block_size=args.block_size,
+            num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            enable_prefix_caching=args.enable_prefix_caching, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        print(f"error: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    async_llm = AsyncLLM(engine, max_waiting=args.max_queue)
+    app = build_app(async_llm, api_key=args.api_key, shutdown_timeout=args.shutdown_timeout)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
+    # uvicorn re-raises the signal it caught once it has shut down; make that a no-op so a
+    # graceful SIGTERM ends with exit status 0.
+    signal.signal(signal.SIGTERM, _ignore)
+    signal.signal(signal.SIGINT, _ignore)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _exit_now(signum, frame):
+    raise SystemExit(0)
+
+
+def _ignore(signum, frame):
+    pass
