@@ -169,7 +169,7 @@ def apply_diff(before: str, diff_text: str) -> str:
         out.extend(lines[cursor:pos])
         out.extend(hunk.new_lines)
         cursor = pos + len(hunk.old_lines)
-        if cursor == len(lines):  # the hunk reaches the end of the file: it decides the last newline
+        if cursor == len(lines):  # a hunk reaching the end of the file decides its last newline
             if hunk.new_no_eol:
                 eof_newline = False
             elif hunk.old_no_eol:
@@ -181,7 +181,7 @@ def apply_diff(before: str, diff_text: str) -> str:
 
 
 def _locate(hunk: Hunk, lines: list, cursor: int) -> int:
-    """Index where hunk's old side matches lines, nearest its stated position, at or after cursor."""
+    """Where hunk's old side matches `lines`: nearest its stated line, at or after `cursor`."""
     size = len(hunk.old_lines)
     stated = hunk.old_start - 1 if size > 0 else hunk.old_start
     last = len(lines) - size

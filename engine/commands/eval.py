@@ -1,4 +1,4 @@
-"""`codeinfer eval humaneval`: HumanEval pass@k of a checkpoint, or of a pre-generated samples file."""
+"""`codeinfer eval humaneval`: HumanEval pass@k of a checkpoint or of a samples file."""
 import argparse
 import json
 import sys

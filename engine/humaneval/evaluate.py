@@ -35,7 +35,7 @@ def generate_samples(llm, problems: list, preset: Preset, temperature: float,
 
 def execute_samples(problems: list, samples: list, timeout: float = sandbox.DEFAULT_TIMEOUT,
                     workers: int | None = None, show_progress: bool = True) -> list:
-    """Run every sample's check program in the sandbox; adds "passed" and "result" to each sample."""
+    """Run each sample's check program in the sandbox; sets the sample's "passed" and "result"."""
     by_id = {problem["task_id"]: problem for problem in problems}
     unknown = sorted({s["task_id"] for s in samples} - by_id.keys())
     if unknown:
@@ -63,8 +63,8 @@ def score(problems: list, samples: list, ks) -> tuple:
     if not per_problem:
         raise ValueError("no samples to score")
     min_n = min(c["n"] for c in per_problem.values())
-    pass_at = {f"pass@{k}": mean_pass_at_k([(c["n"], c["correct"]) for c in per_problem.values()], k)
-               for k in ks if k <= min_n}
+    pairs = [(c["n"], c["correct"]) for c in per_problem.values()]
+    pass_at = {f"pass@{k}": mean_pass_at_k(pairs, k) for k in ks if k <= min_n}
     return pass_at, per_problem
 
 

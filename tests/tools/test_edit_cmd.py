@@ -86,8 +86,9 @@ def test_apply_through_symlink_keeps_the_link(source):
 
 def test_nothing_applies_leaves_file_untouched(source, capsys):
     before = snapshot(source)
+    no_op = "@@ -1 +1 @@\n-def add(a, b):\n+def add(a, b):\n"
     rc = edit.run(parse([str(source), "-m", "Fix add", "--apply"]),
-                  generate=fake(["no diff", WRONG, "@@ -1 +1 @@\n-def add(a, b):\n+def add(a, b):\n"]))
+                  generate=fake(["no diff", WRONG, no_op]))
     assert rc == 1
     assert snapshot(source) == before
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@ and hostile samples fail alone without touching anything outside their sandbox."
 import argparse
 import json
 import os
+import tempfile
 import time
 
 import pytest
@@ -77,8 +78,9 @@ def _hostile_bodies(outside):
     keep = str(outside / "keep")
     return {
         "write outside": f"    open({target!r}, 'w').write('x')\n",
-        "os.open outside": f"    import os\n    os.close(os.open({target!r}, os.O_CREAT | os.O_WRONLY))\n",
-        "relative escape": "    open('../../pwned-relative', 'w').write('x')\n",
+        "os.open outside": (f"    import os\n"
+                            f"    os.close(os.open({target!r}, os.O_CREAT | os.O_WRONLY))\n"),
+        "relative escape": f"    open('../{outside.parent.name}-pwned', 'w').write('x')\n",
         "delete outside": f"    import posix\n    posix.unlink({keep!r})\n",
         "rmtree outside": f"    import shutil\n    shutil.rmtree({str(outside)!r})\n",
         "shell": f"    import posix\n    posix.system('touch {target}')\n",
@@ -117,7 +119,7 @@ def test_hostile_samples_fail_alone_without_harm(tmp_path):
     assert verdicts["unkillable sleep"]["result"] == "timed out"
     assert sorted(os.listdir(outside)) == ["keep"]
     assert (outside / "keep").read_text() == "keep"
-    assert not (tmp_path.parent / "pwned-relative").exists()
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), f"{tmp_path.name}-pwned"))
     _, counts = score(problem, samples, (1,))
     assert counts["HumanEval/0"] == {"n": len(samples), "correct": 1}
     assert elapsed < 30
