@@ -35,7 +35,7 @@ def test_gated_embedding_rejects_bad_inputs(backend):
     _, ops = backend
     ids, modality, remap, wte, wpe, positions = _inputs(5, 50, 16, torch.float32, True)
     with pytest.raises(TypeError, match="wte"):
-        ops.gated_embedding(ids, modality, remap, wte.half(), None, positions)
+        ops.gated_embedding(ids, modality, remap, wte.double(), None, positions)
     with pytest.raises(TypeError, match="wpe"):
         ops.gated_embedding(ids, modality, remap, wte, wpe.bfloat16(), positions)
     with pytest.raises(ValueError, match="modality"):

@@ -92,7 +92,7 @@ def test_paged_attention_rejects_bad_inputs(backend):
     q, k_cache, v_cache, tables, seq_lens, cu = _inputs([(9, 3)], 8, 2, 2, 16, torch.float32,
                                                         torch.float32)
     with pytest.raises(TypeError, match="q"):
-        ops.paged_attention(q.half(), k_cache, v_cache, tables, seq_lens, cu, 1.0, 0)
+        ops.paged_attention(q.double(), k_cache, v_cache, tables, seq_lens, cu, 1.0, 0)
     with pytest.raises(ValueError, match="q"):
         ops.paged_attention(q[:, 0], k_cache, v_cache, tables, seq_lens, cu, 1.0, 0)
     with pytest.raises(ValueError, match="k_cache"):

@@ -77,7 +77,7 @@ def test_rotary_store_kv_rejects_bad_inputs(backend):
     args = dict(q=q, k=k, v=v, positions=positions, cos_sin=cos_sin, rotary_dim=16, interleaved=True,
                 k_cache=k_cache, v_cache=v_cache, slot_mapping=slots)
     bad = [
-        (TypeError, "q", dict(q=q.half())),
+        (TypeError, "q", dict(q=q.double())),
         (TypeError, "k", dict(k=k.bfloat16())),
         (ValueError, "k", dict(k=k[:, :1])),
         (ValueError, "rotary_dim", dict(rotary_dim=15)),
