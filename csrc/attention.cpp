@@ -12,8 +12,8 @@
 // Parallel work: one item = (sequence, tile of <= kQueryTile query rows, group of heads). A decode
 // row is a tile of one row. Heads are grouped so that an item walks each cache block once and reads
 // its [token, head group, head_dim] rows close together; groups shrink when there are too few items to
-// keep every thread busy. Keys are read block by block straight from the cache (bf16 rows are widened
-// into a block-sized fp32 buffer), never gathered per sequence.
+// keep every thread busy. Keys are read block by block straight from the cache (bf16 widened to fp32
+// in registers), never gathered or copied per sequence.
 #include <omp.h>
 
 #include <algorithm>
@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -38,19 +37,22 @@ struct WorkItem {
 
 // Per-thread buffers; state index i = row_in_tile * num_heads_in_group + head_in_group.
 struct Scratch {
-  std::vector<float> q, acc, m, l, k, v, scores;
+  std::vector<float> q, acc, m, l, scores;
 };
 
-// One block's contribution to one (query row, head): scores of n keys (rows of k and v spaced by
-// `stride` floats), then the online-softmax rescale of the running max m, sum l and output acc.
-inline void softmax_update(const float* q, const float* k, const float* v, int64_t stride, int64_t n,
-                           int64_t dim, float& m, float& l, float* acc, float* scores) {
+// One block's contribution to one (query row, head): scores of n keys (cache rows of k and v spaced
+// by `stride` elements, widened to fp32 inside the vector loops), then the online-softmax rescale of
+// the running max m, sum l and output acc.
+template <typename TC, int64_t kDim>
+inline void softmax_update(const float* q, const TC* k, const TC* v, int64_t stride, int64_t n,
+                           int64_t head_dim, float& m, float& l, float* acc, float* scores) {
+  const int64_t dim = kDim > 0 ? kDim : head_dim;  // a constant lets the compiler unroll the rows
   float block_max = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
-    const float* kj = k + j * stride;
+    const TC* kj = k + j * stride;
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t d = 0; d < dim; ++d) dot += q[d] * kj[d];
+    for (int64_t d = 0; d < dim; ++d) dot += q[d] * to_float(kj[d]);
     scores[j] = dot;
     block_max = std::max(block_max, dot);
   }
@@ -68,13 +70,25 @@ inline void softmax_update(const float* q, const float* k, const float* v, int64
   for (int64_t d = 0; d < dim; ++d) acc[d] *= alpha;
   for (int64_t j = 0; j < n; ++j) {
     const float p = scores[j];
-    const float* vj = v + j * stride;
+    const TC* vj = v + j * stride;
 #pragma omp simd
-    for (int64_t d = 0; d < dim; ++d) acc[d] += p * vj[d];
+    for (int64_t d = 0; d < dim; ++d) acc[d] += p * to_float(vj[d]);
   }
 }
 
-template <typename TQ, typename TC>
+// Prefetches rows [kv_lo, kv_hi) (elements within a slot) of every slot of one cache block.
+template <typename TC>
+inline void prefetch_block(const TC* k_cache, const TC* v_cache, int64_t base, int64_t bs, int64_t slot_stride,
+                           int64_t kv_lo, int64_t kv_hi) {
+  constexpr int64_t kLine = 64 / sizeof(TC);  // elements per cache line
+  for (int64_t t = 0; t < bs; ++t)
+    for (int64_t e = kv_lo; e < kv_hi; e += kLine) {
+      __builtin_prefetch(k_cache + base + t * slot_stride + e);
+      __builtin_prefetch(v_cache + base + t * slot_stride + e);
+    }
+}
+
+template <typename TQ, typename TC, int64_t kDim>
 void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   const TQ* q = reinterpret_cast<const TQ*>(a.q);
   const TC* k_cache = reinterpret_cast<const TC*>(a.k_cache);
@@ -84,7 +98,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   const int32_t* table = reinterpret_cast<const int32_t*>(a.block_tables) + w.seq * a.max_blocks_per_seq;
   TQ* out = reinterpret_cast<TQ*>(a.out);
 
-  const int64_t dim = a.head_dim, bs = a.block_size;
+  const int64_t dim = kDim > 0 ? kDim : a.head_dim, bs = a.block_size;
   const int64_t num_rows = w.row1 - w.row0, num_group = w.h1 - w.h0, num_state = num_rows * num_group;
   const int64_t heads_per_kv = a.num_heads / a.num_kv_heads;
   const int64_t slot_stride = a.num_kv_heads * dim;  // elements between consecutive tokens of a block
@@ -97,8 +111,6 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   s.acc.assign(num_state * dim, 0.0f);
   s.m.assign(num_state, -INFINITY);
   s.l.assign(num_state, 0.0f);
-  s.k.resize(bs * dim);
-  s.v.resize(bs * dim);
   s.scores.resize(bs);
   for (int64_t r = 0; r < num_rows; ++r)
     for (int64_t g = 0; g < num_group; ++g) {
@@ -108,23 +120,19 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
     }
 
   // Only blocks that hold a visible key: the window skips whole blocks before key_lo.
+  const int64_t kv_lo = w.h0 / heads_per_kv * dim, kv_hi = ((w.h1 - 1) / heads_per_kv + 1) * dim;
   for (int64_t blk = key_lo / bs; blk * bs < key_hi; ++blk) {
     const int64_t j0 = std::max(blk * bs, key_lo), j1 = std::min(blk * bs + bs, key_hi);
     const int64_t block_base = static_cast<int64_t>(table[blk]) * bs * slot_stride;
+    // The group's rows are 2-4 KB apart (other heads in between), too far apart for the hardware
+    // prefetcher: fetch the next block's [token, group heads, dim] rows while this one is computed.
+    if ((blk + 1) * bs < key_hi) prefetch_block(k_cache, v_cache, table[blk + 1] * bs * slot_stride, bs,
+                                                slot_stride, kv_lo, kv_hi);
     for (int64_t g = 0; g < num_group; ++g) {
-      // Rows j0..j1 of this head's keys and values, as fp32 rows spaced `stride` apart.
+      // Rows j0..j1 of this head's keys and values, slot_stride elements apart.
       const int64_t head_base = block_base + (j0 - blk * bs) * slot_stride + (w.h0 + g) / heads_per_kv * dim;
-      const float *k, *v;
-      int64_t stride;
-      if constexpr (std::is_same_v<TC, float>) {
-        k = k_cache + head_base, v = v_cache + head_base, stride = slot_stride;
-      } else {
-        for (int64_t j = 0; j < j1 - j0; ++j) {
-          load_row(k_cache + head_base + j * slot_stride, s.k.data() + j * dim, dim);
-          load_row(v_cache + head_base + j * slot_stride, s.v.data() + j * dim, dim);
-        }
-        k = s.k.data(), v = s.v.data(), stride = dim;
-      }
+      const TC* k = k_cache + head_base;
+      const TC* v = v_cache + head_base;
       for (int64_t r = 0; r < num_rows; ++r) {
         // Causal and window bounds of row r inside this block.
         const int64_t pos = pos0 + r;
@@ -132,7 +140,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
         const int64_t hi = std::min(j1, pos + 1);
         if (lo >= hi) continue;
         const int64_t i = r * num_group + g;
-        softmax_update(s.q.data() + i * dim, k + (lo - j0) * stride, v + (lo - j0) * stride, stride,
+        softmax_update<TC, kDim>(s.q.data() + i * dim, k + (lo - j0) * slot_stride, v + (lo - j0) * slot_stride, slot_stride,
                        hi - lo, dim, s.m[i], s.l[i], s.acc.data() + i * dim, s.scores.data());
       }
     }
@@ -148,7 +156,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
 }
 
 // Checks the metadata (every block id that will be read included) and splits the step into items.
-std::vector<WorkItem> plan(const AttentionArgs& a) {
+std::vector<WorkItem> plan(const AttentionArgs& a, int64_t& work) {
   const int32_t* seq_lens = reinterpret_cast<const int32_t*>(a.seq_lens);
   const int32_t* cu = reinterpret_cast<const int32_t*>(a.cu_seqlens_q);
   const int32_t* tables = reinterpret_cast<const int32_t*>(a.block_tables);
@@ -169,6 +177,7 @@ std::vector<WorkItem> plan(const AttentionArgs& a) {
       if (id < 0 || id >= a.num_blocks) fail("block_tables: block id " + std::to_string(id) + " out of range", b);
     }
     num_tiles += (q_len + kQueryTile - 1) / kQueryTile;
+    work += q_len * std::min<int64_t>(seq_len, a.window > 0 ? a.window : seq_len) * a.num_heads * a.head_dim;
   }
   // Enough items for ~4 per thread; heads split into equal groups only when needed.
   const int64_t want = 4 * omp_get_max_threads();
@@ -182,13 +191,25 @@ std::vector<WorkItem> plan(const AttentionArgs& a) {
   return items;
 }
 
-template <typename TQ, typename TC>
-void paged_attention_impl(const AttentionArgs& a, const std::vector<WorkItem>& items) {
-#pragma omp parallel
+template <typename TQ, typename TC, int64_t kDim>
+void run_items(const AttentionArgs& a, const std::vector<WorkItem>& items, bool parallel) {
+#pragma omp parallel if (parallel)
   {
     Scratch scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) attend_item<TQ, TC>(a, items[i], scratch);
+    for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) attend_item<TQ, TC, kDim>(a, items[i], scratch);
+  }
+}
+
+// Common head dims (GPT-Neo/CodeGen-350M 64, CodeGen-2B 80, 128, CodeGen-6B/16B 256) get unrolled code.
+template <typename TQ, typename TC>
+void paged_attention_impl(const AttentionArgs& a, const std::vector<WorkItem>& items, bool parallel) {
+  switch (a.head_dim) {
+    case 64: return run_items<TQ, TC, 64>(a, items, parallel);
+    case 80: return run_items<TQ, TC, 80>(a, items, parallel);
+    case 128: return run_items<TQ, TC, 128>(a, items, parallel);
+    case 256: return run_items<TQ, TC, 256>(a, items, parallel);
+    default: return run_items<TQ, TC, 0>(a, items, parallel);
   }
 }
 
@@ -197,12 +218,14 @@ void paged_attention_impl(const AttentionArgs& a, const std::vector<WorkItem>& i
 void paged_attention(const AttentionArgs& a, const std::string& dtype, const std::string& cache_dtype) {
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0)
     throw std::invalid_argument("num_heads must be a multiple of num_kv_heads");
-  const std::vector<WorkItem> items = plan(a);
+  int64_t work = 0;  // ~ (query row, key) pairs x heads x dim, to skip threads for tiny steps
+  const std::vector<WorkItem> items = plan(a, work);
+  const bool parallel = work > (int64_t{1} << 18);  // below ~20 us of work, waking threads costs more
   const DType t = parse_dtype(dtype), c = parse_dtype(cache_dtype);
-  if (t == DType::kFloat32 && c == DType::kFloat32) paged_attention_impl<float, float>(a, items);
-  if (t == DType::kFloat32 && c == DType::kBFloat16) paged_attention_impl<float, bf16>(a, items);
-  if (t == DType::kBFloat16 && c == DType::kFloat32) paged_attention_impl<bf16, float>(a, items);
-  if (t == DType::kBFloat16 && c == DType::kBFloat16) paged_attention_impl<bf16, bf16>(a, items);
+  if (t == DType::kFloat32 && c == DType::kFloat32) paged_attention_impl<float, float>(a, items, parallel);
+  if (t == DType::kFloat32 && c == DType::kBFloat16) paged_attention_impl<float, bf16>(a, items, parallel);
+  if (t == DType::kBFloat16 && c == DType::kFloat32) paged_attention_impl<bf16, float>(a, items, parallel);
+  if (t == DType::kBFloat16 && c == DType::kBFloat16) paged_attention_impl<bf16, bf16>(a, items, parallel);
 }
 
 }  // namespace codeinfer
