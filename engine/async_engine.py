@@ -229,12 +229,13 @@ class AsyncLLM:
             self._wakeup.clear()
             if not self._apply_commands(live):
                 return
-            if self.engine.has_unfinished_requests():
-                self._step(live)
-            try:
+            outputs = self._step(live) if self.engine.has_unfinished_requests() else []
+            try:  # refreshed before the outputs go out, so a reader of both sees them agree
                 self._stats = dict(self.engine.get_stats())
             except Exception:
                 logger.exception("engine.get_stats() failed")
+            if outputs:
+                self._post(self._deliver, outputs)
 
     def _apply_commands(self, live: set[str]) -> bool:
         """Run queued add/abort commands on the engine; False when asked to stop."""
@@ -258,7 +259,7 @@ class AsyncLLM:
                 self._post(self._accept, request_id, None)
         return True
 
-    def _step(self, live: set[str]) -> None:
+    def _step(self, live: set[str]) -> list:
         try:
             outputs = self.engine.step()
         except Exception as error:
@@ -271,9 +272,8 @@ class AsyncLLM:
                     logger.exception("abort_request(%s) failed", request_id)
             live.clear()
             self._post(self._fail, failed, EngineError(f"engine step failed: {error}"))
-            return
+            return []
         for output in outputs:
             if output.finished:
                 live.discard(output.request_id)
-        if outputs:
-            self._post(self._deliver, outputs)
+        return outputs

@@ -35,7 +35,9 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="codeinfer-serve-", suffix=".log")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # Passive OpenMP waits: on a shared 2-core machine spinning workers can slow the first
+        # steps after start-up by 100x (see the closing note of issue 6).
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
         cmd = [sys.executable, "-c", RUNNER, "serve", "--model", str(model_dir),
                "--port", str(self.port), "--dtype", "float32", "--log-level", "warning", *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log,
