@@ -92,6 +92,10 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
             else:
                 metrics.requests.labels("rejected").inc()
             return exc.response()
+        except Exception as exc:  # a bug here must cost one request, not the server
+            logger.exception("completion request failed")
+            metrics.requests.labels("error").inc()
+            return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
 
     @app.post("/v1/chat/completions")
     async def chat_completions():
@@ -133,5 +137,5 @@ async def _json_body(request: Request):
         raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 decode errors are ValueErrors
         raise APIError(400, f"malformed JSON body: {exc}") from None

@@ -115,3 +115,16 @@ def test_shutdown_rejects_new_requests(engine):
             await llm.add_request("late", "x", GREEDY)
 
     run(engine, body)
+
+
+def test_gptneo_through_async_llm(tiny_gptneo_dir):
+    engine = LLMEngine(str(tiny_gptneo_dir), dtype="float32")
+
+    async def body(llm):
+        async def one(i):
+            return [o async for o in llm.generate("import os\n", GREEDY, f"neo{i}")][-1]
+        return await asyncio.gather(*(one(i) for i in range(3)))
+
+    finals = run(engine, body)
+    assert len({tuple(o.outputs[0].token_ids) for o in finals}) == 1
+    assert all(len(o.outputs[0].token_ids) == 12 for o in finals)

@@ -59,7 +59,8 @@ def test_bad_values_are_400(client, body, param):
     check_error(client.post("/v1/completions", json=body), 400, param)
 
 
-@pytest.mark.parametrize("raw", [b"{bad json", b"[1, 2]", b"\xff\xfe", b"", b"null"])
+@pytest.mark.parametrize("raw", [b"{bad json", b"[1, 2]", b"\xff\xfe", b"", b"null",
+                                 b"[" * 100000 + b"]" * 100000, b'{"prompt": "x", "seed": 1e999}'])
 def test_malformed_json_is_400(client, raw):
     check_error(client.post("/v1/completions", content=raw,
                             headers={"content-type": "application/json"}), 400)
