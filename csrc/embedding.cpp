@@ -13,7 +13,8 @@ template <typename T>
 void gated_embedding_impl(const int64_t* ids, const int64_t* modality, const int64_t* remap,
                           const T* wte, const T* wpe, const int64_t* positions, T* out,
                           int64_t num_tokens, int64_t hidden) {
-#pragma omp parallel for schedule(static)
+  // Small steps (decode) stay on one thread: waking another costs more than the copy.
+#pragma omp parallel for schedule(static) if (num_tokens * hidden > (int64_t{1} << 18))
   for (int64_t t = 0; t < num_tokens; ++t) {
     const int64_t row = modality[t] ? remap[ids[t]] : ids[t];
     const T* src = wte + row * hidden;

@@ -58,7 +58,9 @@ void rotary_store_kv_impl(const RotaryArgs& a) {
   const int64_t dim = a.head_dim, half = a.rotary_dim / 2;
   const int64_t slot_stride = a.num_kv_heads * dim;  // elements per cache slot
 
-#pragma omp parallel for schedule(static)
+  // Decode steps move a few hundred KB: waking a second thread costs more than it saves.
+  const bool parallel = a.num_tokens * (a.num_heads + 2 * a.num_kv_heads) * dim > (int64_t{1} << 18);
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t t = 0; t < a.num_tokens; ++t) {
     float buf[512];
     if (a.rotary_dim > 0) {

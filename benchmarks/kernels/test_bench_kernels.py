@@ -1,0 +1,72 @@
+"""C++ CPU ops against their torch references at CodeGen-350M decode shapes: 16 heads, head_dim 64,
+rotary_dim 32 (interleaved), hidden 1024, vocab 51200, block_size 16; batch 1..64, context 128..2048."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import cpu, reference
+
+PROVIDERS = {"torch": reference, "cpu": cpu}
+NUM_HEADS, HEAD_DIM, ROTARY_DIM, HIDDEN, VOCAB, BLOCK_SIZE = 16, 64, 32, 1024, 51200, 16
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _paged_decode_inputs(batch: int, context: int, dtype: torch.dtype):
+    """One decode row per sequence, each with `context` tokens in shuffled cache blocks."""
+    blocks_per_seq = context // BLOCK_SIZE
+    num_blocks = batch * blocks_per_seq
+    shape = (num_blocks, BLOCK_SIZE, NUM_HEADS, HEAD_DIM)
+    k_cache, v_cache = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    tables = torch.randperm(num_blocks, dtype=torch.int32).view(batch, blocks_per_seq)
+    q = torch.randn(batch, NUM_HEADS, HEAD_DIM).to(dtype)
+    seq_lens = torch.full((batch,), context, dtype=torch.int32)
+    cu = torch.arange(batch + 1, dtype=torch.int32)
+    return q, k_cache, v_cache, tables, seq_lens, cu
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("context", [128, 512, 2048])
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_paged_attention(measure, batch, context, dtype, provider):
+    q, k_cache, v_cache, tables, seq_lens, cu = _paged_decode_inputs(batch, context, DTYPES[dtype])
+    op = PROVIDERS[provider].paged_attention
+    num_bytes = 2 * k_cache.numel() * k_cache.element_size() + 2 * q.numel() * q.element_size()
+    measure("paged_attention", provider, f"{dtype} b={batch} ctx={context}",
+            lambda: op(q, k_cache, v_cache, tables, seq_lens, cu, 1.0, 0), num_bytes)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_rotary_store_kv(measure, batch, dtype, provider):
+    dt = DTYPES[dtype]
+    qkv = torch.randn(batch, 3 * NUM_HEADS, HEAD_DIM).to(dt)
+    q, k, v = qkv.split(NUM_HEADS, dim=1)
+    num_blocks = batch * 2048 // BLOCK_SIZE
+    k_cache = torch.zeros(num_blocks, BLOCK_SIZE, NUM_HEADS, HEAD_DIM, dtype=dt)
+    v_cache = torch.zeros_like(k_cache)
+    positions = torch.randint(0, 2048, (batch,))
+    slots = torch.randperm(num_blocks * BLOCK_SIZE)[:batch]
+    cos_sin = reference.rotary_cos_sin(ROTARY_DIM, 2048)
+    op = PROVIDERS[provider].rotary_store_kv
+    # q, k read + written, v read, k and v written to the cache.
+    num_bytes = 7 * batch * NUM_HEADS * HEAD_DIM * qkv.element_size()
+    measure("rotary_store_kv", provider, f"{dtype} b={batch}",
+            lambda: op(q, k, v, positions, cos_sin, ROTARY_DIM, True, k_cache, v_cache, slots), num_bytes)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_gated_embedding(measure, batch, dtype, provider):
+    wte = torch.randn(VOCAB, HIDDEN).to(DTYPES[dtype])
+    ids = torch.randint(0, VOCAB, (batch,))
+    modality = torch.zeros(batch, dtype=torch.int64)
+    remap = torch.arange(VOCAB)
+    positions = torch.randint(0, 2048, (batch,))
+    op = PROVIDERS[provider].gated_embedding
+    num_bytes = 2 * batch * HIDDEN * wte.element_size()  # rows read + written
+    measure("gated_embedding", provider, f"{dtype} b={batch}",
+            lambda: op(ids, modality, remap, wte, None, positions), num_bytes)
