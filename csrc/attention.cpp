@@ -49,10 +49,7 @@ inline void softmax_update(const float* q, const TC* k, const TC* v, int64_t str
   const int64_t dim = kDim > 0 ? kDim : head_dim;  // a constant lets the compiler unroll the rows
   float block_max = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
-    const TC* kj = k + j * stride;
-    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t d = 0; d < dim; ++d) dot += q[d] * to_float(kj[d]);
+    const float dot = dot_row(q, k + j * stride, dim);
     scores[j] = dot;
     block_max = std::max(block_max, dot);
   }
@@ -66,13 +63,22 @@ inline void softmax_update(const float* q, const TC* k, const TC* v, int64_t str
   }
   l = l * alpha + sum;
   m = m_new;
+  // acc = acc * alpha + sum_j p_j v_j, 16 dims at a time so the partial sums stay in registers
+  // across the block's keys instead of going through memory once per key.
+  constexpr int64_t kLanes = 16;
+  for (int64_t d0 = 0; d0 < dim; d0 += kLanes) {
+    const int64_t width = std::min(kLanes, dim - d0);
+    float part[kLanes];
 #pragma omp simd
-  for (int64_t d = 0; d < dim; ++d) acc[d] *= alpha;
-  for (int64_t j = 0; j < n; ++j) {
-    const float p = scores[j];
-    const TC* vj = v + j * stride;
+    for (int64_t l = 0; l < width; ++l) part[l] = acc[d0 + l] * alpha;
+    for (int64_t j = 0; j < n; ++j) {
+      const float p = scores[j];
+      const TC* vj = v + j * stride + d0;
 #pragma omp simd
-    for (int64_t d = 0; d < dim; ++d) acc[d] += p * to_float(vj[d]);
+      for (int64_t l = 0; l < width; ++l) part[l] += p * to_float(vj[l]);
+    }
+#pragma omp simd
+    for (int64_t l = 0; l < width; ++l) acc[d0 + l] = part[l];
   }
 }
 

@@ -65,6 +65,26 @@ inline void store_row(const float* src, bf16* dst, int64_t n) {
   }
 }
 
+// Dot product of an fp32 row with a T row. Without -ffast-math the compiler may not reassociate a
+// float sum, so a plain reduction ends in a serial chain of scalar adds; the 16 lane sums and the
+// halving tree below spell the reassociation out, and every step vectorises.
+template <typename T>
+inline float dot_row(const float* a, const T* b, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  float lanes[kLanes] = {};
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * to_float(b[i + l]);
+  }
+  for (int64_t i = full; i < n; ++i) lanes[i - full] += a[i] * to_float(b[i]);
+  for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+#pragma omp simd
+    for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  return lanes[0];
+}
+
 // exp(x) for x <= 0 (softmax arguments), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, a degree-6
 // polynomial for exp(r), 2^n built in the exponent bits. Relative error ~1e-7; exactly 0 below -87
 // (so exp(-inf) = 0 and masked keys contribute nothing). Inline and branch-free so it vectorises.
