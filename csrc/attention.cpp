@@ -37,8 +37,31 @@ struct WorkItem {
 
 // Per-thread buffers; state index i = row_in_tile * num_heads_in_group + head_in_group.
 struct Scratch {
-  std::vector<float> q, acc, m, l, scores;
+  std::vector<float> q, qt, acc, m, l, scores;
 };
+
+// acc = acc * alpha + sum_j p[j * p_stride] v_j over n value rows spaced `stride` elements apart,
+// 16 dims at a time so the partial sums stay in registers across the block's keys.
+template <typename TC, int64_t kDim>
+inline void accumulate_pv(const float* p, int64_t p_stride, const TC* v, int64_t stride, int64_t n,
+                          int64_t head_dim, float alpha, float* acc) {
+  const int64_t dim = kDim > 0 ? kDim : head_dim;
+  constexpr int64_t kLanes = 16;
+  for (int64_t d0 = 0; d0 < dim; d0 += kLanes) {
+    const int64_t width = std::min(kLanes, dim - d0);
+    float part[kLanes];
+#pragma omp simd
+    for (int64_t l = 0; l < width; ++l) part[l] = acc[d0 + l] * alpha;
+    for (int64_t j = 0; j < n; ++j) {
+      const float pj = p[j * p_stride];
+      const TC* vj = v + j * stride + d0;
+#pragma omp simd
+      for (int64_t l = 0; l < width; ++l) part[l] += pj * to_float(vj[l]);
+    }
+#pragma omp simd
+    for (int64_t l = 0; l < width; ++l) acc[d0 + l] = part[l];
+  }
+}
 
 // One block's contribution to one (query row, head): scores of n keys (cache rows of k and v spaced
 // by `stride` elements, widened to fp32 inside the vector loops), then the online-softmax rescale of
@@ -63,22 +86,55 @@ inline void softmax_update(const float* q, const TC* k, const TC* v, int64_t str
   }
   l = l * alpha + sum;
   m = m_new;
-  // acc = acc * alpha + sum_j p_j v_j, 16 dims at a time so the partial sums stay in registers
-  // across the block's keys instead of going through memory once per key.
-  constexpr int64_t kLanes = 16;
-  for (int64_t d0 = 0; d0 < dim; d0 += kLanes) {
-    const int64_t width = std::min(kLanes, dim - d0);
-    float part[kLanes];
+  accumulate_pv<TC, kDim>(scores, 1, v, stride, n, dim, alpha, acc);
+}
+
+// One block's contribution to a tile of query rows of one head (prefill). Scores are computed for all
+// kQueryTile rows at once, vectorised over the rows: qt is the tile transposed, qt[d * kQueryTile + r].
+// Row r sits at position pos0 + r and sees key key0 + j when causal and inside the window; rows
+// >= num_rows are padding. Row r's running max / sum are m[r * state_stride], l[...], its output
+// acc[r * state_stride * dim]. scores: kQueryTile * n scratch, [key][row].
+template <typename TC, int64_t kDim>
+void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int64_t n, int64_t head_dim,
+                 int64_t key0, int64_t pos0, int64_t num_rows, int64_t window, float* m, float* l, float* acc,
+                 int64_t state_stride, float* scores) {
+  constexpr int64_t T = kQueryTile;
+  const int64_t dim = kDim > 0 ? kDim : head_dim;
+  float m_new[T], m_safe[T], alpha[T], sum[T];
+  for (int64_t r = 0; r < T; ++r) m_new[r] = r < num_rows ? m[r * state_stride] : -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    float dot[T] = {};
+    const TC* kj = k + j * stride;
+    for (int64_t d = 0; d < dim; ++d) {
+      const float kd = to_float(kj[d]);
 #pragma omp simd
-    for (int64_t l = 0; l < width; ++l) part[l] = acc[d0 + l] * alpha;
-    for (int64_t j = 0; j < n; ++j) {
-      const float p = scores[j];
-      const TC* vj = v + j * stride + d0;
-#pragma omp simd
-      for (int64_t l = 0; l < width; ++l) part[l] += p * to_float(vj[l]);
+      for (int64_t r = 0; r < T; ++r) dot[r] += qt[d * T + r] * kd;
     }
+    const int64_t key = key0 + j;
 #pragma omp simd
-    for (int64_t l = 0; l < width; ++l) acc[d0 + l] = part[l];
+    for (int64_t r = 0; r < T; ++r) {
+      const bool visible = key <= pos0 + r && (window == 0 || key > pos0 + r - window);
+      scores[j * T + r] = visible ? dot[r] : -INFINITY;
+      m_new[r] = std::max(m_new[r], scores[j * T + r]);
+    }
+  }
+#pragma omp simd
+  for (int64_t r = 0; r < T; ++r) {
+    m_safe[r] = m_new[r] == -INFINITY ? 0.0f : m_new[r];  // a row that has seen no key yet
+    alpha[r] = exp_neg((r < num_rows ? m[r * state_stride] : -INFINITY) - m_safe[r]);
+    sum[r] = 0.0f;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+#pragma omp simd
+    for (int64_t r = 0; r < T; ++r) {
+      scores[j * T + r] = exp_neg(scores[j * T + r] - m_safe[r]);
+      sum[r] += scores[j * T + r];
+    }
+  }
+  for (int64_t r = 0; r < num_rows; ++r) {
+    l[r * state_stride] = l[r * state_stride] * alpha[r] + sum[r];
+    m[r * state_stride] = m_new[r];
+    accumulate_pv<TC, kDim>(scores + r, T, v, stride, n, dim, alpha[r], acc + r * state_stride * dim);
   }
 }
 
@@ -124,6 +180,15 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       load_row(q + (w.row0 + r) * a.q_stride_t + (w.h0 + g) * a.q_stride_h, qs, dim);
       for (int64_t d = 0; d < dim; ++d) qs[d] *= a.scale;
     }
+  const bool tiled = num_rows > 1;
+  if (tiled) {  // qt[(g * dim + d) * kQueryTile + r] = q row r, head g, dim d; padding rows are 0
+    s.qt.assign(num_group * dim * kQueryTile, 0.0f);
+    s.scores.resize(bs * kQueryTile);
+    for (int64_t r = 0; r < num_rows; ++r)
+      for (int64_t g = 0; g < num_group; ++g)
+        for (int64_t d = 0; d < dim; ++d)
+          s.qt[(g * dim + d) * kQueryTile + r] = s.q[(r * num_group + g) * dim + d];
+  }
 
   // Only blocks that hold a visible key: the window skips whole blocks before key_lo.
   const int64_t kv_lo = w.h0 / heads_per_kv * dim, kv_hi = ((w.h1 - 1) / heads_per_kv + 1) * dim;
@@ -139,6 +204,12 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       const int64_t head_base = block_base + (j0 - blk * bs) * slot_stride + (w.h0 + g) / heads_per_kv * dim;
       const TC* k = k_cache + head_base;
       const TC* v = v_cache + head_base;
+      if (tiled) {
+        tile_update<TC, kDim>(s.qt.data() + g * dim * kQueryTile, k, v, slot_stride, j1 - j0, dim, j0, pos0,
+                              num_rows, a.window, s.m.data() + g, s.l.data() + g, s.acc.data() + g * dim,
+                              num_group, s.scores.data());
+        continue;
+      }
       for (int64_t r = 0; r < num_rows; ++r) {
         // Causal and window bounds of row r inside this block.
         const int64_t pos = pos0 + r;
