@@ -80,7 +80,8 @@ class BlockManager:
         for block in hits:
             self._ref(block)
         seq.block_table = hits
-        seq.block_hashes = hashes[:len(hits)]
+        seq.block_hashes = hashes
+        seq.num_registered_blocks = len(hits)
         seq.num_computed_tokens = len(hits) * self.block_size
         self.prefix_queries += seq.num_tokens
         self.prefix_hits += seq.num_computed_tokens
@@ -114,18 +115,20 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
-        if num_full <= len(seq.block_hashes):
+        if num_full <= seq.num_registered_blocks:
             return
         seq.block_hashes = self._full_block_hashes(seq, num_full)
-        for i in range(num_full):
+        for i in range(seq.num_registered_blocks, num_full):
             block, h = seq.block_table[i], seq.block_hashes[i]
             if self.hashes[block] is None:
                 self.hashes[block] = h
                 self.cached.setdefault(h, block)
+        seq.num_registered_blocks = num_full
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         child.block_table = list(parent.block_table)
         child.block_hashes = list(parent.block_hashes)
+        child.num_registered_blocks = parent.num_registered_blocks
         for block in child.block_table:
             self._ref(block)
 
@@ -136,6 +139,7 @@ class BlockManager:
             assert self.ref_counts[block] >= 0
             if self.ref_counts[block] == 0:
                 self.free[block] = None
+        # block_hashes stay: they depend on the tokens only, which a preempted sequence keeps.
         seq.block_table = []
-        seq.block_hashes = []
+        seq.num_registered_blocks = 0
         seq.num_computed_tokens = 0

@@ -90,8 +90,8 @@ class Scheduler:
                 forks = self._fork_pending(seq)
             # Keep one block of head room per forked sample for its copy-on-write.
             if self.bm.slots_needed(seq, num_new) + len(forks) > self.bm.num_free_blocks:
-                if not self.running:  # nothing will ever free blocks: never starve forever
-                    self.bm.free_seq(seq)
+                # Give back the cached prefix it took: a waiting sequence holds no blocks.
+                self.bm.free_seq(seq)
                 break
             self.waiting.popleft()
             copies += self.bm.append_slots(seq, num_new)

@@ -24,7 +24,8 @@ class Sequence:
         self.num_prompt_tokens = len(self.token_ids)
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
-        self.block_hashes: list[bytes] = []  # hash chain of the full blocks registered so far
+        self.block_hashes: list[bytes] = []  # hash chain of the full blocks (a cache of hashes)
+        self.num_registered_blocks = 0       # leading blocks whose hash the block manager knows
         self.status = SequenceStatus.WAITING if index == 0 else SequenceStatus.FORK_PENDING
         self.finish_reason: str | None = None
         self.text = ""
