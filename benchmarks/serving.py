@@ -29,9 +29,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER = ("import sys; from engine import cli\n"
-          "if 'serve' not in cli.COMMANDS: cli.COMMANDS = (*cli.COMMANDS, 'serve')\n"
-          "sys.exit(cli.main())")
+RUNNER = "import sys; from engine.cli import main; sys.exit(main())"
 
 
 class Server:

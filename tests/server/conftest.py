@@ -16,10 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # `codeinfer serve` through engine.cli, run from this tree (a shared venv's console script may be
-# stale); "serve" is added to cli.COMMANDS here if the CLI does not list it yet.
-RUNNER = ("import sys; from engine import cli\n"
-          "if \"serve\" not in cli.COMMANDS: cli.COMMANDS = (*cli.COMMANDS, \"serve\")\n"
-          "sys.exit(cli.main())")
+# stale).
+RUNNER = "import sys; from engine.cli import main; sys.exit(main())"
 
 
 def free_port() -> int:
