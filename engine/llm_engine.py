@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from engine import codeclm
 from engine.block_manager import BlockManager
 from engine.config import load_config
 from engine.model_runner import ModelRunner
@@ -72,6 +73,13 @@ class LLMEngine:
         self._counter = itertools.count()
         self._seq_ids = itertools.count()
         self.generated_modality = 0  # ids the model emits are looked up as text tokens
+        self.codeclm = codeclm.detect(model_dir, self.tokenizer, self.config.vocab_size)
+        if self.codeclm is not None:  # modality-separated vocabulary: see engine/codeclm.py
+            self.runner.remap = self.codeclm.remap.to(self.device)
+            self.runner.logits_mask |= self.codeclm.text_twin_mask  # emit twins, not text ids
+            self.generated_modality = 1  # generated tokens are code
+            if self.codeclm.eot_token_id is not None:  # the authors generate up to <eot>
+                self.tokenizer.eos_token_id = self.codeclm.eot_token_id
 
     # ---------------------------------------------------------------- requests
     def _tokenize(self, prompt) -> tuple[str | None, list[int], list[int]]:
@@ -131,7 +139,8 @@ class LLMEngine:
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), request, i)
             seq.generator = torch.Generator().manual_seed((base_seed + i) % (2 ** 63))
-            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids)
+            seq.detokenizer = (IncrementalDetokenizer(self.tokenizer, ids) if self.codeclm is None
+                               else self.codeclm.detokenizer(self.tokenizer))
             request.seqs.append(seq)
         self.requests[request_id] = request
         self.scheduler.add(request)

@@ -1,0 +1,219 @@
+"""CodeCLM partial embedding separation (pycodegpt-CodeCLM-partial-100m): the vocabulary of twins,
+its decoding and its HumanEval prompt layout.
+
+About 350 Python-specific tokens `s` have a twin `[_DUP_]s` appended to the vocabulary as an added
+token. Code-modality tokens look up the twin's embedding row (the remap table, used inside the
+gated-embedding kernel), text-modality tokens their own. Generated tokens are code, and the text ids
+of separated tokens are masked out of the logits, so a separated token is always emitted as its twin.
+Generated code is linearised: `<NEW_LINE>`, `<INDENT>`, `<DEDENT>` stand for line breaks and
+indentation, and `<eot>` ends it.
+
+The checkpoint also ships replicated_tokens_map.pkl (text id -> code id). The tokenizer is the source
+of truth; the pickle is only cross-checked, read by an unpickler that can build nothing but plain
+containers and ints (so a pickle carrying a callable is refused, never run).
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.humaneval.presets import set_prompt_builder
+from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+DUP = "[_DUP_]"
+MAP_FILE = "replicated_tokens_map.pkl"
+NEW_LINE, INDENT, DEDENT = "<NEW_LINE>", "<INDENT>", "<DEDENT>"
+EOT = "<eot>"
+BEGIN, COMMENTS, PYTHON = "<|beginoftext|>", "<comments>", "<python>"
+INDENT_TEXT = " " * 4
+_LINEARISED = re.compile(f"({re.escape(NEW_LINE)}|{re.escape(INDENT)}|{re.escape(DEDENT)})")
+
+
+# ----------------------------------------------------------------- replicated_tokens_map.pkl
+class _IntMapUnpickler(pickle.Unpickler):
+    """Builds dicts, lists and ints only: every global lookup (the way a pickle reaches a callable
+    such as os.system) is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(
+            f"{MAP_FILE} may hold only a dict of int -> int; refusing to load {module}.{name}")
+
+
+def read_replicated_tokens_map(path: str | Path) -> dict[int, int]:
+    """Read a replicated_tokens_map.pkl safely: a dict of int -> int, or an error."""
+    with open(path, "rb") as f:
+        data = _IntMapUnpickler(f).load()
+    if not isinstance(data, dict) or not all(
+            type(k) is int and type(v) is int for k, v in data.items()):  # bool is not an id
+        raise ValueError(f"{path}: expected a dict of int -> int, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------- the vocabulary of twins
+@dataclass(frozen=True)
+class CodeCLMVocab:
+    twins: dict[int, int]       # text id -> code id ([_DUP_] twin)
+    vocab_size: int             # rows of wte
+    marker_ids: dict[int, str]  # token id -> <NEW_LINE> | <INDENT> | <DEDENT>
+    eot_token_id: int | None    # end of generated code
+
+    @property
+    def remap(self) -> torch.Tensor:
+        """[vocab_size] int64: wte row of each id in code modality (identity but for the twins)."""
+        table = torch.arange(self.vocab_size, dtype=torch.int64)
+        if self.twins:
+            table[torch.tensor(list(self.twins))] = torch.tensor(list(self.twins.values()))
+        return table
+
+    @property
+    def text_twin_mask(self) -> torch.Tensor:
+        """[vocab_size] bool: text ids that have a code twin (never sampled when generating code)."""
+        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
+        if self.twins:
+            mask[torch.tensor(list(self.twins))] = True
+        return mask
+
+    def detokenizer(self, tokenizer: Tokenizer) -> "CodeDetokenizer":
+        return CodeDetokenizer(self, tokenizer)
+
+
+def twins_from_tokenizer(tokenizer: Tokenizer) -> dict[int, int]:
+    """{id of s: id of "[_DUP_]" + s} over the tokenizer's added tokens."""
+    twins = {}
+    for content, code_id in tokenizer.added_tokens.items():
+        if not content.startswith(DUP):
+            continue
+        text_id = tokenizer.token_to_id(content[len(DUP):])
+        if text_id is None:
+            raise ValueError(f"tokenizer: added token {content!r} has no text twin "
+                             f"{content[len(DUP):]!r} in the vocabulary")
+        twins[text_id] = code_id
+    return twins
+
+
+def detect(model_dir: str | Path, tokenizer: Tokenizer, vocab_size: int) -> CodeCLMVocab | None:
+    """The CodeCLM vocabulary of a checkpoint, or None for an ordinary one."""
+    map_path = Path(model_dir) / MAP_FILE
+    twins = twins_from_tokenizer(tokenizer)
+    if map_path.is_file():
+        pickled = read_replicated_tokens_map(map_path)
+        if twins and pickled != twins:
+            diff = sorted(set(pickled.items()) ^ set(twins.items()))[:5]
+            raise ValueError(f"{map_path} disagrees with the tokenizer's {DUP} tokens, e.g. {diff}")
+        twins = twins or pickled
+    if not twins:
+        return None
+    bad = [i for pair in twins.items() for i in pair if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"CodeCLM twin ids outside the embedding of {vocab_size} rows: {bad[:5]}")
+    markers = {tokenizer.token_to_id(m): m for m in (NEW_LINE, INDENT, DEDENT)}
+    markers.pop(None, None)
+    return CodeCLMVocab(twins, vocab_size, markers, tokenizer.token_to_id(EOT))
+
+
+# ----------------------------------------------------------------- decoding
+class _LineBuilder:
+    """Linearised code -> source, append-only (so it can stream).
+
+    A line is indented by the <INDENT>/<DEDENT> seen since the last <NEW_LINE> when its first
+    non-blank text arrives; whitespace at either end of a line is dropped and blank lines carry no
+    indentation (as the authors' post-processing does, up to those blank lines)."""
+
+    def __init__(self):
+        self.level = 0
+        self.line_started = False
+        self.held = ""  # trailing whitespace of the current line: emitted only if text follows
+
+    def marker(self, marker: str) -> str:
+        if marker == NEW_LINE:
+            self.line_started, self.held = False, ""
+            return "\n"
+        self.level += 1 if marker == INDENT else -1
+        return ""
+
+    def text(self, text: str) -> str:
+        if not self.line_started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.line_started = True
+            text = INDENT_TEXT * max(self.level, 0) + text
+        body = text.rstrip()
+        if not body:
+            self.held += text
+            return ""
+        out, self.held = self.held + body, text[len(body):]
+        return out
+
+
+def linearised_to_source(text: str) -> str:
+    """Strip [_DUP_] and rebuild lines and indentation from <NEW_LINE>, <INDENT>, <DEDENT>."""
+    builder = _LineBuilder()
+    pieces = _LINEARISED.split(text.replace(DUP, ""))  # markers at odd indices
+    return "".join(builder.marker(p) if i % 2 else builder.text(p) for i, p in enumerate(pieces))
+
+
+class CodeDetokenizer:
+    """Streams generated token ids as source text (IncrementalDetokenizer's `add` interface).
+
+    Twins decode as their text twin (so [_DUP_] never appears), marker tokens drive the line
+    builder, other special tokens (<eot>, <pad>, ...) decode to nothing."""
+
+    def __init__(self, vocab: CodeCLMVocab, tokenizer: Tokenizer):
+        self.vocab = vocab
+        self.code_to_text = {code: text for text, code in vocab.twins.items()}
+        self.bytes = IncrementalDetokenizer(tokenizer)  # holds back half UTF-8 characters
+        self.lines = _LineBuilder()
+        self.text = ""
+
+    def add(self, token_id: int) -> str:
+        marker = self.vocab.marker_ids.get(token_id)
+        if marker is not None:
+            new = self.lines.marker(marker)
+        else:
+            new = self.lines.text(self.bytes.add(self.code_to_text.get(token_id, token_id)))
+        self.text += new
+        return new
+
+
+# ----------------------------------------------------------------- HumanEval prompt layout
+def _split_signature(problem: dict) -> tuple[str, str]:
+    """(code up to the end of the entry point's `def` line(s), the docstring that follows)."""
+    prompt = problem["prompt"]
+    entry = problem.get("entry_point")
+    match = re.search(rf"^def {re.escape(entry)}\b" if entry else r"^def ", prompt, re.M)
+    if match is None:
+        defs = list(re.finditer(r"^def ", prompt, re.M))
+        if not defs:
+            raise ValueError(f"problem {problem.get('task_id')!r}: no `def` line in the prompt")
+        match = defs[-1]
+    end = match.start()
+    for line in prompt[match.start():].splitlines(keepends=True):
+        end += len(line)
+        if line.split("#")[0].rstrip().endswith(":"):
+            break
+    signature = prompt[:end].rstrip()  # the newline goes with the docstring, as the authors split it
+    return signature.lstrip(), prompt[len(signature):].rstrip()
+
+
+def humaneval_prompt(problem: dict) -> dict:
+    """The paper's layout: <|beginoftext|> signature (code) <comments> docstring (text) <python>."""
+    signature, docstring = _split_signature(problem)
+    return {"segments": [("text", BEGIN), ("code", signature),
+                         ("text", COMMENTS + docstring + PYTHON)]}
+
+
+def humaneval_completion(text: str) -> str:
+    """Decoded completion -> function body that follows problem["prompt"] (which ends in a newline).
+
+    Engine text is already source; raw linearised text (samples decoded elsewhere) is rebuilt."""
+    if any(m in text for m in (NEW_LINE, INDENT, DEDENT, DUP, EOT)):
+        text = linearised_to_source(text.split(EOT)[0])
+    return text[1:] if text.startswith("\n") else text
+
+
+set_prompt_builder("codeclm", humaneval_prompt, completion_postprocess=humaneval_completion)
