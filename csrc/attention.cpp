@@ -13,7 +13,9 @@
 // row is a tile of one row. Heads are grouped so that an item walks each cache block once and reads
 // its [token, head group, head_dim] rows close together; groups shrink when there are too few items to
 // keep every thread busy. Keys are read block by block straight from the cache (bf16 widened to fp32
-// in registers), never gathered or copied per sequence.
+// in registers), never gathered or copied per sequence. Per block, a decode row takes one dot product
+// per key (vectorised over head_dim); a prefill tile scores all its rows per key at once (vectorised
+// over the rows, q transposed once per item). GQA: head h reads kv head h / (num_heads / num_kv_heads).
 #include <omp.h>
 
 #include <algorithm>

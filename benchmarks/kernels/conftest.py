@@ -52,10 +52,10 @@ def pytest_terminal_summary(terminalreporter):
     write = terminalreporter.write_line
     write("")
     write(f"kernel benchmarks ({torch.get_num_threads()} threads; copy bandwidth {copy_bandwidth_gbs():.1f} GB/s)")
-    write(f"{'op':<16} {'shape':<26} {'provider':<8} {'median ms':>10} {'p20-p80 ms':>17} {'GB/s':>7} {'vs torch':>9}")
+    write(f"{'op':<18} {'shape':<26} {'provider':<8} {'median ms':>10} {'p20-p80 ms':>17} {'GB/s':>7} {'vs torch':>9}")
     ref = {(r["op"], r["shape"]): r["median"] for r in _ROWS if r["provider"] == "torch"}
     for r in sorted(_ROWS, key=lambda r: (r["op"], r["shape"], r["provider"] != "torch")):
         base = ref.get((r["op"], r["shape"]))
         ratio = f"{base / r['median']:.1f}x" if base else "-"
-        write(f"{r['op']:<16} {r['shape']:<26} {r['provider']:<8} {r['median'] * 1e3:>10.3f} "
+        write(f"{r['op']:<18} {r['shape']:<26} {r['provider']:<8} {r['median'] * 1e3:>10.3f} "
               f"{r['p20'] * 1e3:>8.3f}-{r['p80'] * 1e3:<8.3f} {r['gbs']:>7.2f} {ratio:>9}")

@@ -70,3 +70,17 @@ def test_gated_embedding(measure, batch, dtype, provider):
     num_bytes = 2 * batch * HIDDEN * wte.element_size()  # rows read + written
     measure("gated_embedding", provider, f"{dtype} b={batch}",
             lambda: op(ids, modality, remap, wte, None, positions), num_bytes)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("length", [256, 1024])
+def test_paged_attention_prefill(measure, length, dtype, provider):
+    """For reference next to decode: one whole prompt (compute bound, so GB/s means little)."""
+    q, k_cache, v_cache, tables, seq_lens, _ = _paged_decode_inputs(1, length, DTYPES[dtype])
+    q = torch.randn(length, NUM_HEADS, HEAD_DIM).to(DTYPES[dtype])
+    cu = torch.tensor([0, length], dtype=torch.int32)
+    op = PROVIDERS[provider].paged_attention
+    num_bytes = 2 * k_cache.numel() * k_cache.element_size() + 2 * q.numel() * q.element_size()
+    measure("paged_attn_prefill", provider, f"{dtype} len={length}",
+            lambda: op(q, k_cache, v_cache, tables, seq_lens, cu, 1.0, 0), num_bytes)
