@@ -77,7 +77,7 @@ def test_prompt_builder_hook():
     original = PRESETS["codeclm"]
     problem = {"prompt": "def f():\n"}
     try:
-        assert get_preset("codeclm").build_prompt(problem) == "def f():\n"
+        assert get_preset("pycodegpt").build_prompt(problem) == "def f():\n"  # plain presets: as is
         set_prompt_builder("codeclm", lambda p: {"segments": [("code", p["prompt"])]})
         assert get_preset("codeclm").build_prompt(problem) == {"segments": [("code", "def f():\n")]}
         assert get_preset("codeclm").temperature == 0.95  # sampling parameters kept
