@@ -309,8 +309,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=device)
     if num_tokens == 0 or num_seqs == 0:
         return out
-    max_q_len = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())  # one host sync for the grid size
     block_m = 16  # tl.dot's minimum tile; decode rows use one row of it
+    # Query tiles of the longest sequence; one host sync, skipped when every row fits in one tile.
+    max_q_len = num_tokens if num_tokens <= block_m else int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
     # fp32 dots when any operand is fp32; also in the interpreter, whose tl.dot mishandles bf16.
     ieee = INTERPRETED or q.dtype == torch.float32 or k_cache.dtype == torch.float32
     grid = (triton.cdiv(max_q_len, block_m), num_seqs, num_heads)

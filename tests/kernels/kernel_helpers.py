@@ -1,6 +1,8 @@
 """Helpers of the kernel tests: per-dtype tolerances, a verbose allclose, paged-cache builders."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # (atol, rtol) of kernel outputs against kernels.reference, by output dtype. fp32 differs from the
@@ -55,3 +57,20 @@ def filled_caches(seq_lens, tables, num_blocks, block_size, num_kv_heads, head_d
         k_cache[blocks, offsets] = torch.randn(n, num_kv_heads, head_dim).to(dtype)
         v_cache[blocks, offsets] = torch.randn(n, num_kv_heads, head_dim).to(dtype)
     return k_cache, v_cache
+
+
+@contextlib.contextmanager
+def nan_poisoned_empty():
+    """Inside the block, torch.empty / empty_like hand out NaN-filled float tensors, so an output
+    buffer an op allocates itself fails the comparison wherever the op does not write it."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    torch.empty = lambda *args, **kwargs: poison(empty(*args, **kwargs))
+    torch.empty_like = lambda *args, **kwargs: poison(empty_like(*args, **kwargs))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like

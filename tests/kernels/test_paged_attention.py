@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from kernel_helpers import assert_close, filled_caches, random_block_tables
+from kernel_helpers import assert_close, filled_caches, nan_poisoned_empty, random_block_tables
 from kernels import reference
 
 # (name, [(seq_len, q_len), ...], block_size, num_heads, num_kv_heads, head_dim, window, scale)
 CPU_CASES = [
     ("decode", [(1, 1), (7, 1), (97, 1), (300, 1), (256, 1)], 16, 4, 4, 64, 0, 0.125),
     ("prefill_window", [(1, 1), (7, 7), (97, 97), (300, 300)], 8, 2, 2, 80, 256, 1.0),
-    ("mixed_chunked", [(300, 45), (97, 1), (7, 7), (300, 1)], 32, 3, 3, 32, 256, None),
+    ("mixed_chunked", [(300, 45), (97, 1), (5, 0), (7, 7), (300, 1)], 32, 3, 3, 32, 256, None),
     ("gqa", [(97, 97), (40, 1), (33, 20)], 16, 4, 2, 128, 0, None),
     ("small_window", [(97, 97), (300, 1), (300, 30)], 16, 2, 2, 64, 16, 1.0),
 ]
@@ -22,7 +22,7 @@ CPU_CASES = [
 TRITON_CASES = [
     ("decode", [(1, 1), (7, 1), (40, 1)], 16, 2, 2, 64, 0, 0.125),
     ("prefill_window", [(7, 7), (37, 37)], 8, 2, 2, 80, 16, 1.0),
-    ("mixed_gqa", [(45, 13), (9, 1), (3, 3)], 32, 4, 2, 32, 0, None),
+    ("mixed_gqa", [(45, 13), (9, 1), (4, 0), (3, 3)], 32, 4, 2, 32, 0, None),
     ("small_window", [(50, 1), (41, 20)], 8, 2, 2, 16, 16, 1.0),
 ]
 DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
@@ -60,7 +60,8 @@ def _run_case(ops, case, q_dtype, cache_dtype):
     expected = reference.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu, scale, window)
     if window > 0:
         k_cache, v_cache = _poison_outside_window(k_cache, v_cache, tables, seqs, block_size, window)
-    actual = ops.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu, scale, window)
+    with nan_poisoned_empty():
+        actual = ops.paged_attention(q, k_cache, v_cache, tables, seq_lens, cu, scale, window)
     assert_close(actual, expected, f"paged_attention[{name}]")
 
 
