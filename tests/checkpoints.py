@@ -88,8 +88,9 @@ def hf_model(path: Path):
 @torch.no_grad()
 def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, sample_vocab: int) -> list[int]:
     """Greedy decoding with transformers, full forward each step, never picking ids >= sample_vocab."""
-    ids = list(prompt_ids)
+    out = model(torch.tensor([prompt_ids]), use_cache=True)
+    new: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model(torch.tensor([ids])).logits[0, -1, :sample_vocab]
-        ids.append(int(logits.argmax()))
-    return ids[len(prompt_ids):]
+        new.append(int(out.logits[0, -1, :sample_vocab].argmax()))
+        out = model(torch.tensor([new[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+    return new
