@@ -267,7 +267,7 @@ def _paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, s
         else:
             acc = acc * alpha[:, None] + tl.dot(_cast(p, v.dtype), v)
         m_i = m_new
-    out = acc / l_i[:, None]
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows (never stored) have l = 0
     # out is dense [num_tokens, num_heads, HEAD_DIM]; grid axis 2 has num_heads programs.
     out_offs = q_rows[:, None] * (tl.num_programs(2) * HEAD_DIM) + h * HEAD_DIM + d[None, :]
     tl.store(out_ptr + out_offs, _cast(out, out_ptr.dtype.element_ty),

@@ -17,6 +17,7 @@ CPU_CASES = [
     ("mixed_chunked", [(300, 45), (97, 1), (5, 0), (7, 7), (300, 1)], 32, 3, 3, 32, 256, None),
     ("gqa", [(97, 97), (40, 1), (33, 20)], 16, 4, 2, 128, 0, None),
     ("small_window", [(97, 97), (300, 1), (300, 30)], 16, 2, 2, 64, 16, 1.0),
+    ("tiny_window", [(40, 40), (23, 1), (30, 9)], 8, 2, 2, 32, 5, 1.0),  # window < query tile
 ]
 # The interpreter runs every program in Python: short sequences, few heads, small windows.
 TRITON_CASES = [
@@ -24,6 +25,7 @@ TRITON_CASES = [
     ("prefill_window", [(7, 7), (37, 37)], 8, 2, 2, 80, 16, 1.0),
     ("mixed_gqa", [(45, 13), (9, 1), (4, 0), (3, 3)], 32, 4, 2, 32, 0, None),
     ("small_window", [(50, 1), (41, 20)], 8, 2, 2, 16, 16, 1.0),
+    ("tiny_window", [(20, 20), (9, 1)], 8, 2, 2, 16, 5, 1.0),
 ]
 DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
           (torch.float32, torch.bfloat16)]  # (q dtype, cache dtype)
