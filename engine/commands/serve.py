@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 
+from engine.cli_args import add_engine_args, engine_kwargs
+
 logger = logging.getLogger("codeinfer.serve")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -20,27 +22,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible completion server",
         description="Serve POST /v1/completions, GET /v1/models, /health and /metrics.")
-    p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
-    p.add_argument("--dtype", default="auto",
-                   choices=["auto", "float32", "bfloat16", "float16", "int8"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "cpu", "triton"])
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--num-kv-blocks", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
-                   help="disable prefix caching (on by default)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for their first token before new ones get 503")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may run after SIGTERM before being aborted")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -62,12 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.server import build_app
 
     try:
-        engine = LLMEngine(
-            model=args.model, dtype=args.dtype, device=args.device,
-            attention_backend=args.attention_backend, block_size=args.block_size,
-            num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            enable_prefix_caching=args.enable_prefix_caching, seed=args.seed)
+        engine = LLMEngine(**engine_kwargs(args))
     except (ValueError, OSError) as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 1
