@@ -43,7 +43,8 @@ class PagedAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
                 cos_sin: torch.Tensor | None) -> torch.Tensor:
-        # q, k, v: [num_tokens, num_heads, head_dim], contiguous (rotated in place).
+        # q, k, v: [num_tokens, num_heads, head_dim], dense last dim (views of the fused qkv are
+        # fine), rotated in place.
         self.ops.rotary_store_kv(q, k, v, meta.positions, cos_sin, self.rotary_dim,
                                  self.interleaved, self.k_cache, self.v_cache, meta.slot_mapping)
         return self.ops.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables,

@@ -9,8 +9,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None,
                    help="checkpoint folder (config.json + safetensors + tokenizer); "
                         "default: the bundled codegen-tiny-py model")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weight/activation dtype (auto = bfloat16)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
+                   help="weight/activation dtype (auto = bfloat16; int8 = int8 linear weights, "
+                        "bfloat16 activations)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "cpu", "triton"],
                    help="kernels: torch reference, C++ CPU, or Triton (auto: triton on CUDA, cpu on CPU)")

@@ -18,7 +18,9 @@ from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL = "codegen-tiny-py"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "int8": int8 linear weights with bfloat16 activations (engine/models/quant.py).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "int8": torch.int8}
 
 
 def default_model_dir() -> Path:

@@ -10,6 +10,7 @@ import torch
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
+from engine.models.quant import quantize_linears
 from engine.sampler import SampleResult, sample
 from engine.scheduler import SchedulerOutput
 from engine.weights import load_model
@@ -45,9 +46,14 @@ class ModelRunner:
     def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
                  device: torch.device, attention_backend: str, block_size: int,
                  num_kv_blocks: int | None, max_num_seqs: int, sample_vocab_size: int):
+        # dtype int8: int8 linear weights, everything else (activations, KV cache) in bfloat16.
+        self.quant = "int8" if dtype == torch.int8 else None
+        dtype = torch.bfloat16 if self.quant else dtype
         self.config, self.device, self.dtype, self.block_size = config, device, dtype, block_size
         self.ops = select_ops(attention_backend, device)
         self.model = load_model(config, model_dir, self.ops, dtype, device)
+        if self.quant:
+            quantize_linears(self.model)
         # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
         self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)
         self.logits_mask[sample_vocab_size:] = True

@@ -50,6 +50,7 @@ class SelfAttention(nn.Module):
                 cos_sin: torch.Tensor | None) -> torch.Tensor:
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x).view(num_tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = (t.contiguous() for t in qkv.unbind(1))  # each [num_tokens, heads, head_dim]
+        # Strided views of qkv, [num_tokens, heads, head_dim] each: the ops take a dense last dim.
+        q, k, v = qkv.unbind(1)
         out = self.attn(q, k, v, meta, cos_sin)
         return self.out_proj(out.view(num_tokens, -1))

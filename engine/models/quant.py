@@ -1,0 +1,70 @@
+"""int8 weights for dtype="int8": every nn.Linear of a loaded model (tied embeddings excepted) is
+swapped for an Int8Linear holding per-output-channel symmetric int8 weights and fp32 scales, while
+activations, norms, embeddings and the KV cache stay bfloat16.
+
+Which matmul runs depends on the number of rows M (the tokens of the step), because each torch CPU
+kernel wins in its own range on this hardware:
+    M <= SMALL_M   weight-only: aten._weight_int8pack_mm (bf16 x, int8 w; decode of a few requests,
+                   memory-bound, reads 1 byte per weight instead of 2)
+    M <= INT_MM_M  aten._int_mm on per-row dynamically quantized activations (int8 x int8 -> int32,
+                   VNNI), rescaled by row scale x channel scale (decode of many requests)
+    larger         the int8 weight dequantized to bf16 once per call, then the bf16 GEMM (prefill is
+                   compute-bound; the dequantization costs ~2% there)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SMALL_M = 16
+INT_MM_M = 192
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (int8 [out, in], fp32 scales [out]) with weight ~= q * scale[:, None]."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = quantize_per_channel(linear.weight)
+        act_dtype = linear.weight.dtype
+        self.register_buffer("qweight", q)                        # [out, in] int8
+        self.register_buffer("scale", scale)                      # [out] fp32
+        self.register_buffer("scale_act", scale.to(act_dtype))    # [out] in the activation dtype
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, self.in_features)
+        rows = x.shape[0]
+        if rows <= SMALL_M and x.dtype == self.scale_act.dtype:
+            y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.qweight, self.scale_act)
+        elif rows <= INT_MM_M and rows > SMALL_M:  # _int_mm needs more than 16 rows on the CPU
+            x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_min_(1e-12) / 127.0  # [M, 1]
+            xq = torch.round(x / x_scale).to(torch.int8)
+            y = (torch._int_mm(xq, self.qweight.t()) * (x_scale * self.scale)).to(x.dtype)
+        else:
+            weight = self.qweight.to(x.dtype) * self.scale_act[:, None]
+            y = F.linear(x, weight)
+        if self.bias is not None:
+            y += self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_linears(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear whose weight is not shared with an embedding by an Int8Linear."""
+    embeddings = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child.weight.data_ptr() not in embeddings:
+                setattr(parent, name, Int8Linear(child))
+    return model
