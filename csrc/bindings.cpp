@@ -13,7 +13,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("gated_embedding", &codeinfer::gated_embedding, py::call_guard<py::gil_scoped_release>(),
         py::arg("ids"), py::arg("modality"), py::arg("remap"), py::arg("wte"), py::arg("wpe"),
         py::arg("positions"), py::arg("out"), py::arg("num_tokens"), py::arg("hidden"),
-        py::arg("dtype"));
+        py::arg("vocab"), py::arg("max_positions"), py::arg("dtype"));
 
   py::class_<RotaryArgs>(m, "RotaryArgs")
       .def(py::init<>())

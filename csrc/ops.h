@@ -9,7 +9,7 @@ namespace codeinfer {
 
 void gated_embedding(uintptr_t ids, uintptr_t modality, uintptr_t remap, uintptr_t wte,
                      uintptr_t wpe, uintptr_t positions, uintptr_t out, int64_t num_tokens,
-                     int64_t hidden, const std::string& dtype);
+                     int64_t hidden, int64_t vocab, int64_t max_positions, const std::string& dtype);
 
 // Operands of rotary_store_kv (see csrc/rotary.cpp for the layouts). Strides are in elements.
 struct RotaryArgs {

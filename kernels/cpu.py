@@ -38,12 +38,13 @@ def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tens
     ids, modality, remap, positions = _i64(ids), _i64(modality), _i64(remap), _i64(positions)
     num_tokens, hidden = ids.shape[0], wte.shape[1]
     out = torch.empty(num_tokens, hidden, dtype=wte.dtype)
-    wpe_ptr = 0
+    wpe_ptr, max_positions = 0, 0
     if wpe is not None:
         wpe = wpe.contiguous()
-        wpe_ptr = wpe.data_ptr()
+        wpe_ptr, max_positions = wpe.data_ptr(), wpe.shape[0]
     _cpu.gated_embedding(ids.data_ptr(), modality.data_ptr(), remap.data_ptr(), wte.data_ptr(),
-                         wpe_ptr, positions.data_ptr(), out.data_ptr(), num_tokens, hidden, dtype)
+                         wpe_ptr, positions.data_ptr(), out.data_ptr(), num_tokens, hidden,
+                         wte.shape[0], max_positions, dtype)
     return out
 
 

@@ -44,3 +44,13 @@ def test_gated_embedding_rejects_bad_inputs(backend):
         ops.gated_embedding(ids, modality[:3], remap, wte, wpe, positions)
     with pytest.raises(ValueError, match="wpe"):
         ops.gated_embedding(ids, modality, remap, wte, wpe[:, :8], positions)
+
+
+def test_cpu_gated_embedding_checks_indices(cpu_ops):
+    ids, modality, remap, wte, wpe, positions = _inputs(5, 50, 16, torch.float32, True)
+    with pytest.raises(ValueError, match="ids"):
+        cpu_ops.gated_embedding(ids + 50, modality, remap, wte, wpe, positions)
+    with pytest.raises(ValueError, match="remap"):
+        cpu_ops.gated_embedding(ids, torch.ones_like(modality), remap + 50, wte, wpe, positions)
+    with pytest.raises(ValueError, match="positions"):
+        cpu_ops.gated_embedding(ids, modality, remap, wte, wpe, positions + 64)
