@@ -25,7 +25,7 @@ $(CPU_EXT_STAMP): $(VENV)/.deps $(CSRC)
 	touch $@
 
 demo: setup
-	$(BIN)/codeinfer generate --max-tokens 48 "def fibonacci(n):"
+	$(BIN)/codeinfer generate --max-tokens 64 --repetition-penalty 1.3 "def fibonacci(n):"
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -2,7 +2,6 @@
 into one flat batch, runs the forward pass, and samples the rows that need a token."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import psutil
@@ -34,10 +33,15 @@ def select_ops(name: str, device: torch.device):
         from kernels import cpu
         return cpu
     if name == "triton":
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        try:
+            from kernels import triton as triton_ops
+        except ImportError as e:
+            raise ValueError(f"attention_backend 'triton' needs the triton package: {e}") from None
+        # Triton fixes interpreter-or-compiler mode when kernels.triton is first imported.
+        if device.type != "cuda" and not triton_ops.INTERPRETED:
             raise ValueError("attention_backend 'triton' needs a CUDA device; on the CPU it runs "
-                             "only under the Triton interpreter (set TRITON_INTERPRET=1)")
-        from kernels import triton as triton_ops
+                             "only under the Triton interpreter (TRITON_INTERPRET=1 set before "
+                             "triton is imported)")
         return triton_ops
     raise ValueError(f"attention_backend must be 'auto', 'torch', 'cpu' or 'triton', got {name!r}")
 

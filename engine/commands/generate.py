@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages repeating tokens (small models loop without it)")
     p.add_argument("--n", type=int, default=1, help="number of completions")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, max_tokens=args.max_tokens, stop=args.stop,
+                            top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                            max_tokens=args.max_tokens, stop=args.stop,
                             seed=args.seed)
     if not args.stream:
         out = LLM(**engine_kwargs(args)).generate(prompt, params, use_tqdm=False)[0]
