@@ -1,0 +1,57 @@
+"""Teacher-forced next-token agreement with fp32: feed the same fixed token sequences to the model in
+fp32 and in another dtype and count the positions whose argmax (over sampleable ids) matches.
+
+The fixed prompts are this package's own Python source, tokenized by the model's tokenizer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.attention import AttentionMetadata
+
+SOURCES = ("sampler.py", "scheduler.py", "block_manager.py", "tokenizer.py", "weights.py",
+           "model_runner.py", "llm_engine.py", "config.py")
+
+
+def fixed_prompts(tokenizer, num: int = 8, length: int = 256) -> list[list[int]]:
+    """num windows of length token ids cut from the package source (the same every run)."""
+    text = "\n".join((Path(__file__).parent / name).read_text() for name in SOURCES)
+    ids = tokenizer.encode(text)
+    step = max(length, (len(ids) - length) // max(num - 1, 1))
+    return [ids[i:i + length] for i in range(0, len(ids) - length + 1, step)][:num]
+
+
+@torch.inference_mode()
+def next_token_argmax(engine, ids: list[int]) -> torch.Tensor:
+    """[len(ids)] argmax of the next-token logits at every position, one prefill of ids."""
+    runner = engine.runner
+    num_tokens, bs = len(ids), runner.block_size
+    num_blocks = -(-num_tokens // bs)
+    assert num_blocks <= runner.num_kv_blocks
+    meta = AttentionMetadata(
+        positions=torch.arange(num_tokens), slot_mapping=torch.arange(num_tokens),
+        block_tables=torch.arange(num_blocks, dtype=torch.int32)[None],
+        seq_lens=torch.tensor([num_tokens], dtype=torch.int32),
+        cu_seqlens_q=torch.tensor([0, num_tokens], dtype=torch.int32))
+    ids_t = torch.tensor(ids)
+    hidden = runner.model(ids_t, torch.zeros_like(ids_t), runner.remap, meta)
+    logits = runner.model.compute_logits(hidden).float()
+    return logits.masked_fill_(runner.logits_mask, float("-inf")).argmax(-1)
+
+
+def agreement(model: str | None, dtypes: list[str], num: int = 8, length: int = 256) -> dict:
+    """{dtype: fraction of positions whose argmax equals fp32's} over the fixed prompts."""
+    from engine.llm_engine import LLMEngine
+
+    kv_blocks = -(-length // 16) + 1
+    ref = LLMEngine(model=model, dtype="float32", num_kv_blocks=kv_blocks)
+    prompts = fixed_prompts(ref.tokenizer, num, length)
+    expected = [next_token_argmax(ref, p) for p in prompts]
+    del ref
+    result = {}
+    for dtype in dtypes:
+        eng = LLMEngine(model=model, dtype=dtype, num_kv_blocks=kv_blocks)
+        same = sum(int((next_token_argmax(eng, p) == e).sum()) for p, e in zip(prompts, expected))
+        result[dtype] = same / sum(len(p) for p in prompts)
+    return result

@@ -1,0 +1,82 @@
+"""`codeinfer bench`: offline throughput against concurrency, next to transformers and CTranslate2
+on the same prompts in the same run; a table, a PNG plot, decode bandwidth, peak memory; optionally
+teacher-forced next-token agreement with fp32 (--quality)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from engine.cli_args import add_engine_args, engine_kwargs
+
+PEERS = ("transformers", "ctranslate2")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _peer_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [n for n in names if n not in PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown systems {bad}; choose from {', '.join(PEERS)}")
+    return names
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="throughput benchmark against transformers and CTranslate2",
+        description="Generated tokens/s at each concurrency (random fixed-seed prompts, greedy, "
+                    "EOS ignored, after a warm-up), every system in the same run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--concurrency", type=_int_list, default=[1, 8, 32],
+                   help="comma-separated numbers of concurrent requests")
+    p.add_argument("--prompt-len", type=int, default=128, help="tokens per prompt")
+    p.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
+    p.add_argument("--compare", type=_peer_list, default=[],
+                   help="peers to run too: transformers,ctranslate2 (pip install codeinfer[bench])")
+    p.add_argument("--plot", default=None, help="write a PNG of tokens/s against concurrency")
+    p.add_argument("--json", default=None, help="write the raw results as JSON")
+    p.add_argument("--dtypes", default=None,
+                   help="run codeinfer once per comma-separated dtype (e.g. bfloat16,int8); "
+                        "default: --dtype")
+    p.add_argument("--quality", default=None, metavar="DTYPES",
+                   help="also measure teacher-forced next-token agreement with float32 for these "
+                        "comma-separated dtypes (e.g. bfloat16,int8)")
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine import bench
+    from engine.llm_engine import default_model_dir
+
+    if args.prompt_len < 1 or args.max_tokens < 2:
+        raise ValueError("--prompt-len must be >= 1 and --max-tokens >= 2")
+    kwargs = engine_kwargs(args)
+    model = str(kwargs.pop("model") or default_model_dir())
+    print(f"codeinfer bench: {model}, dtype {args.dtypes or args.dtype}, prompts {args.prompt_len} tokens, "
+          f"{args.max_tokens} new tokens, concurrency {args.concurrency}")
+    result = bench.run_comparison(model, kwargs, args.concurrency, args.prompt_len,
+                                  args.max_tokens, args.compare, seed=args.seed,
+                                  dtypes=args.dtypes.split(",") if args.dtypes else None)
+    if args.quality:
+        from engine.bench_quality import agreement
+        result["quality"] = agreement(model, [d.strip() for d in args.quality.split(",")])
+    print()
+    print(bench.format_table(result))
+    for dtype, frac in result.get("quality", {}).items():
+        print(f"teacher-forced next-token agreement with float32, {dtype}: {100 * frac:.2f}%")
+    if args.plot:
+        bench.plot(result, args.plot)
+        print(f"plot: {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
