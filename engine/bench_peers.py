@@ -43,13 +43,14 @@ def run_codeinfer(model: str, engine_kwargs: dict, prompts: PromptSets, max_toke
         params = SamplingParams(temperature=0.0, max_tokens=num_tokens, ignore_eos=True)
         for i, ids in enumerate(batch):
             engine.add_request(f"bench-{len(first_token_at)}-{i}", ids, params)
-        started, done = set(), 0
+        started, done, first = set(), 0, None
         while engine.has_unfinished_requests():
             for out in engine.step():
                 started.add(out.request_id)
                 done += out.finished and len(out.outputs[0].token_ids) == num_tokens
-            if len(started) == len(batch) and len(first_token_at) < 3:
-                first_token_at.append(time.perf_counter())
+            if first is None and len(started) == len(batch):
+                first = time.perf_counter()
+        first_token_at.append(first)
         assert done == len(batch)
 
     result = _time_runs(run, prompts, max_tokens)

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Each name is a module engine/commands/<name>.py with register(subparsers).
-COMMANDS = ("generate", "serve", "convert", "edit", "eval")
+COMMANDS = ("generate", "serve", "bench", "convert", "edit", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
