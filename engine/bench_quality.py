@@ -23,25 +23,32 @@ def fixed_prompts(tokenizer, num: int = 8, length: int = 256) -> list[list[int]]
 
 
 @torch.inference_mode()
-def next_token_argmax(engine, ids: list[int]) -> torch.Tensor:
-    """[len(ids)] argmax of the next-token logits at every position, one prefill of ids."""
+def next_token_argmax(engine, ids: list[int], chunk: int = 0) -> torch.Tensor:
+    """[len(ids)] argmax of the next-token logits at every position, prefilling ids in chunks of
+    `chunk` tokens (0: one chunk). The chunk size picks the rows per matmul, hence the int8 path."""
     runner = engine.runner
     num_tokens, bs = len(ids), runner.block_size
     num_blocks = -(-num_tokens // bs)
     assert num_blocks <= runner.num_kv_blocks
-    meta = AttentionMetadata(
-        positions=torch.arange(num_tokens), slot_mapping=torch.arange(num_tokens),
-        block_tables=torch.arange(num_blocks, dtype=torch.int32)[None],
-        seq_lens=torch.tensor([num_tokens], dtype=torch.int32),
-        cu_seqlens_q=torch.tensor([0, num_tokens], dtype=torch.int32))
-    ids_t = torch.tensor(ids)
-    hidden = runner.model(ids_t, torch.zeros_like(ids_t), runner.remap, meta)
-    logits = runner.model.compute_logits(hidden).float()
-    return logits.masked_fill_(runner.logits_mask, float("-inf")).argmax(-1)
+    block_tables = torch.arange(num_blocks, dtype=torch.int32)[None]
+    ids_t, out = torch.tensor(ids), []
+    for start in range(0, num_tokens, chunk or num_tokens):
+        end = min(num_tokens, start + (chunk or num_tokens))
+        positions = torch.arange(start, end)
+        meta = AttentionMetadata(
+            positions=positions, slot_mapping=positions, block_tables=block_tables,
+            seq_lens=torch.tensor([end], dtype=torch.int32),
+            cu_seqlens_q=torch.tensor([0, end - start], dtype=torch.int32))
+        hidden = runner.model(ids_t[start:end], torch.zeros_like(positions), runner.remap, meta)
+        logits = runner.model.compute_logits(hidden).float()
+        out.append(logits.masked_fill_(runner.logits_mask, float("-inf")).argmax(-1))
+    return torch.cat(out)
 
 
-def agreement(model: str | None, dtypes: list[str], num: int = 8, length: int = 256) -> dict:
-    """{dtype: fraction of positions whose argmax equals fp32's} over the fixed prompts."""
+def agreement(model: str | None, dtypes: list[str], num: int = 8, length: int = 256,
+              chunk: int = 0) -> dict:
+    """{dtype: fraction of positions whose argmax equals fp32's} over the fixed prompts; the
+    compared dtypes prefill in chunks of `chunk` tokens (0: whole prompts)."""
     from engine.llm_engine import LLMEngine
 
     kv_blocks = -(-length // 16) + 1
@@ -52,6 +59,7 @@ def agreement(model: str | None, dtypes: list[str], num: int = 8, length: int = 
     result = {}
     for dtype in dtypes:
         eng = LLMEngine(model=model, dtype=dtype, num_kv_blocks=kv_blocks)
-        same = sum(int((next_token_argmax(eng, p) == e).sum()) for p, e in zip(prompts, expected))
+        same = sum(int((next_token_argmax(eng, p, chunk) == e).sum())
+                   for p, e in zip(prompts, expected))
         result[dtype] = same / sum(len(p) for p in prompts)
     return result

@@ -9,6 +9,7 @@ import json
 from engine.cli_args import add_engine_args, engine_kwargs
 
 PEERS = ("transformers", "ctranslate2")
+QUALITY_CHUNKS = ((0, "whole-prompt prefill"), (8, "8-token chunks"), (32, "32-token chunks"))
 
 
 def _int_list(text: str) -> list[int]:
@@ -68,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
                                   dtypes=args.dtypes.split(",") if args.dtypes else None)
     if args.quality:
         from engine.bench_quality import agreement
-        result["quality"] = agreement(model, [d.strip() for d in args.quality.split(",")])
+        dtypes = [d.strip() for d in args.quality.split(",")]
+        # Whole prompts, then 8- and 32-token chunks: each runs another int8 matmul path.
+        result["quality"] = {f"{dtype}, {label}": frac for chunk, label in QUALITY_CHUNKS
+                             for dtype, frac in agreement(model, dtypes, chunk=chunk).items()}
     print()
     print(bench.format_table(result))
     for dtype, frac in result.get("quality", {}).items():
