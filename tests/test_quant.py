@@ -40,3 +40,18 @@ def test_int8_generates(tiny_codegen_dir):
     outs = llm.generate(["def add(a, b):", "import os\n"],
                         SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 8 for o in outs)
+
+
+@pytest.mark.parametrize("act_name", ["gelu_new", "gelu", "relu"])
+@pytest.mark.parametrize("rows", [1, 33, 300])
+def test_linear_act_fused_matches_unfused(act_name, rows):
+    # bf16 on the CPU runs the activation as a oneDNN post-op; it must stay close to act(linear(x)).
+    from engine.models.layers import activation, linear_act
+    linear = nn.Linear(64, 96).to(torch.bfloat16)
+    x = torch.randn(rows, 64).to(torch.bfloat16)
+    ref = activation(act_name)(F.linear(x.float(), linear.weight.float(), linear.bias.float()))
+    for module, tol in ((linear, 0.01), (Int8Linear(linear), 0.03)):
+        out = linear_act(module, x, act_name)
+        assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
+        rel = ((out.float() - ref).norm() / ref.norm()).item()
+        assert rel < tol, f"{type(module).__name__}: relative error {rel:.4f}"

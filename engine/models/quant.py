@@ -39,6 +39,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale_act", scale.to(act_dtype))    # [out] in the activation dtype
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
+    def forward_post_op(self, x: torch.Tensor, post_op: tuple[str, str], act) -> torch.Tensor:
+        """act(self(x)); on the dequantized (prefill) path act is a oneDNN post-op of the GEMM.
+        x: [rows, in] bf16 on the CPU; post_op: (attr, algorithm) of mkldnn._linear_pointwise."""
+        if x.dim() == 2 and x.shape[0] > INT_MM_M:
+            weight = self.qweight.to(x.dtype) * self.scale_act[:, None]
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, post_op[0], [], post_op[1])
+        return act(self(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.in_features)
