@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
         self.packed = None  # fbgemm's prepacked copy of qweight (+ fp32 bias) for decode rows
         if HAS_FBGEMM and q.device.type == "cpu":
             zero_points = torch.zeros(self.out_features, dtype=torch.int64)
-            with warnings.catch_warnings():  # quantized tensors are deprecated; fallback above
+            with warnings.catch_warnings():  # quantized tensors are deprecated: see the aten fallback
                 warnings.simplefilter("ignore", UserWarning)
                 qt = torch._make_per_channel_quantized_tensor(q, scale.double(), zero_points, 0)
             bias = None if self.bias is None else self.bias.float()
@@ -70,7 +70,7 @@ class Int8Linear(nn.Module):
             return y.view(*shape[:-1], self.out_features)
         if rows <= SMALL_M and x.dtype == self.scale_act.dtype:
             y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.qweight, self.scale_act)
-        elif rows <= INT_MM_M and rows > SMALL_M:  # _int_mm needs more than 16 rows on the CPU
+        elif rows <= INT_MM_M:  # int8pack wins up to SMALL_M rows, _int_mm above
             x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_min_(1e-12) / 127.0  # [M, 1]
             xq = torch.round(x / x_scale).to(torch.int8)
             y = (torch._int_mm(xq, self.qweight.t()) * (x_scale * self.scale)).to(x.dtype)
