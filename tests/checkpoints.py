@@ -66,18 +66,26 @@ def make_codegen(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64, 
 
 def make_gpt_neo(path: Path, seed: int = 0, num_layers: int = 3, hidden: int = 48, heads: int = 3,
                  window: int = 16, max_positions: int = 512) -> Path:
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+    from transformers import GPTNeoForCausalLM
     path.mkdir(parents=True, exist_ok=True)
     tok = write_tokenizer(path)
     eos = tok.token_to_id(EOS)
     torch.manual_seed(seed)
+    cfg = gpt_neo_config(tok.get_vocab_size(), eos, num_layers, hidden, heads, window, max_positions)
+    return _save(_init(GPTNeoForCausalLM(cfg).eval(), 0.15), path, tok)
+
+
+def gpt_neo_config(vocab_size: int, eos: int, num_layers: int, hidden: int, heads: int, window: int,
+                   max_positions: int):
+    """GPT-Neo config with layers alternating global / local attention, lm_head tied."""
+    from transformers import GPTNeoConfig
     kinds = (["global", "local"] * num_layers)[:num_layers]
-    cfg = GPTNeoConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=max_positions,
+    cfg = GPTNeoConfig(vocab_size=vocab_size, max_position_embeddings=max_positions,
                        hidden_size=hidden, num_layers=num_layers, num_heads=heads,
                        attention_types=[[[k], 1] for k in kinds], window_size=window,
-                       bos_token_id=eos, eos_token_id=eos)
+                       bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=True)
     cfg.architectures = ["GPTNeoForCausalLM"]
-    return _save(_init(GPTNeoForCausalLM(cfg).eval(), 0.15), path, tok)
+    return cfg
 
 
 def hf_model(path: Path):

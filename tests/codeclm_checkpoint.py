@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Tokenizer
 
-from tests.checkpoints import EOS, write_tokenizer
+from tests.checkpoints import EOS, gpt_neo_config, write_tokenizer
 
 SPECIAL = ["<eot>", "<pad>", "<python>", "<comments>", "<NEW_LINE>", "<INDENT>", "<DEDENT>",
            "<|beginoftext|>"]
@@ -46,19 +46,14 @@ def add_twins(tok: Tokenizer) -> dict[int, int]:
 
 def make_codeclm(path: Path, seed: int = 0, num_layers: int = 2, hidden: int = 48, heads: int = 3,
                  window: int = 16, max_positions: int = 256, perturb: float = 0.1) -> Path:
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+    from transformers import GPTNeoForCausalLM
     path.mkdir(parents=True, exist_ok=True)
     tok = write_tokenizer(path)
     twins = add_twins(tok)
     tok.save(str(path / "tokenizer.json"))
     eos = tok.token_to_id(EOS)
     torch.manual_seed(seed)
-    kinds = (["global", "local"] * num_layers)[:num_layers]
-    cfg = GPTNeoConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=max_positions,
-                       hidden_size=hidden, num_layers=num_layers, num_heads=heads,
-                       attention_types=[[[k], 1] for k in kinds], window_size=window,
-                       bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=True)
-    cfg.architectures = ["GPTNeoForCausalLM"]
+    cfg = gpt_neo_config(tok.get_vocab_size(), eos, num_layers, hidden, heads, window, max_positions)
     model = GPTNeoForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():  # peaked logits: greedy choices are not near-ties
