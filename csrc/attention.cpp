@@ -16,6 +16,7 @@
 // in registers), never gathered or copied per sequence. Per block, a decode row takes one dot product
 // per key (vectorised over head_dim); a prefill tile scores all its rows per key at once (vectorised
 // over the rows, q transposed once per item). GQA: head h reads kv head h / (num_heads / num_kv_heads).
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -140,6 +141,74 @@ void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int6
   }
 }
 
+#if defined(__AVX512F__)
+// Decode fast path (one query row, head_dim a multiple of 16 up to 256): one block's keys of one
+// head scored with 16-wide fp32 FMAs (bf16 widened by a shift in registers), exp over the block's
+// scores as one vector, values accumulated into register-resident output lanes.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const bf16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+inline __m512 exp_neg16(__m512 x) {  // exp_neg, 16 lanes
+  const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f),
+                                                        _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+  return _mm512_mask_mov_ps(y, tiny, _mm512_setzero_ps());
+}
+
+// Up to 16 keys (n >= 1) of one head: rows of k and v `stride` elements apart; q scaled, kDim / 16
+// vectors. Updates running max m, sum l and acc (kDim floats).
+template <typename TC, int64_t kDim>
+inline void decode_block(const __m512* qv, const TC* k, const TC* v, int64_t stride, int64_t n, float& m,
+                         float& l, float* acc) {
+  constexpr int64_t C = kDim / 16;
+  alignas(64) float sc[16];
+  for (int64_t j = 0; j < n; ++j) {
+    const TC* kj = k + j * stride;
+    __m512 d0 = _mm512_mul_ps(qv[0], load16(kj));
+    __m512 d1 = C > 1 ? _mm512_mul_ps(qv[1], load16(kj + 16)) : _mm512_setzero_ps();
+    for (int64_t c = 2; c + 1 < C; c += 2) {
+      d0 = _mm512_fmadd_ps(qv[c], load16(kj + 16 * c), d0);
+      d1 = _mm512_fmadd_ps(qv[c + 1], load16(kj + 16 * c + 16), d1);
+    }
+    if (C > 2 && C % 2) d0 = _mm512_fmadd_ps(qv[C - 1], load16(kj + 16 * (C - 1)), d0);
+    sc[j] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
+  const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask, sc);
+  const float m_new = std::max(m, _mm512_reduce_max_ps(s));
+  const float alpha = exp_neg(m - m_new);  // 0 on the first block (m = -inf)
+  const __m512 p = exp_neg16(_mm512_sub_ps(s, _mm512_set1_ps(m_new)));  // masked lanes: exp(-inf) = 0
+  l = l * alpha + _mm512_reduce_add_ps(p);
+  m = m_new;
+  _mm512_store_ps(sc, p);
+  __m512 av[C];
+  const __m512 al = _mm512_set1_ps(alpha);
+  for (int64_t c = 0; c < C; ++c) av[c] = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * c), al);
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 pj = _mm512_set1_ps(sc[j]);
+    const TC* vj = v + j * stride;
+    for (int64_t c = 0; c < C; ++c) av[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c), av[c]);
+  }
+  for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(acc + 16 * c, av[c]);
+}
+#endif
+
 // Prefetches rows [kv_lo, kv_hi) (elements within a slot) of every slot of one cache block.
 template <typename TC>
 inline void prefetch_block(const TC* k_cache, const TC* v_cache, int64_t base, int64_t bs, int64_t slot_stride,
@@ -212,6 +281,21 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
                               num_group, s.scores.data());
         continue;
       }
+#if defined(__AVX512F__)
+      if constexpr (kDim > 0 && kDim % 16 == 0 && kDim <= 256) {
+        if (num_rows == 1) {  // decode row
+          const int64_t lo = a.window > 0 ? std::max(j0, pos0 - a.window + 1) : j0;
+          const int64_t hi = std::min(j1, pos0 + 1);
+          if (lo >= hi) continue;
+          __m512 qv[kDim / 16];
+          for (int64_t c = 0; c < kDim / 16; ++c) qv[c] = _mm512_loadu_ps(s.q.data() + g * dim + 16 * c);
+          for (int64_t c0 = lo; c0 < hi; c0 += 16)  // blocks larger than 16 go 16 keys at a time
+            decode_block<TC, kDim>(qv, k + (c0 - j0) * slot_stride, v + (c0 - j0) * slot_stride, slot_stride,
+                                   std::min<int64_t>(16, hi - c0), s.m[g], s.l[g], s.acc.data() + g * dim);
+          continue;
+        }
+      }
+#endif
       for (int64_t r = 0; r < num_rows; ++r) {
         // Causal and window bounds of row r inside this block.
         const int64_t pos = pos0 + r;
