@@ -10,6 +10,8 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 
@@ -58,8 +60,9 @@ void rotary_store_kv_impl(const RotaryArgs& a) {
   const int64_t dim = a.head_dim, half = a.rotary_dim / 2;
   const int64_t slot_stride = a.num_kv_heads * dim;  // elements per cache slot
 
-  // Decode steps move a few hundred KB: waking a second thread costs more than it saves.
-  const bool parallel = a.num_tokens * (a.num_heads + 2 * a.num_kv_heads) * dim > (int64_t{1} << 18);
+  // Threads wake in ~1-2 us; the random cache slots written miss the caches, so even a decode step
+  // of a few tokens gains from both cores. Single tokens stay on one thread.
+  const bool parallel = a.num_tokens > 1 && a.num_tokens * (a.num_heads + 2 * a.num_kv_heads) * dim > (int64_t{1} << 13);
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t t = 0; t < a.num_tokens; ++t) {
     float buf[512];
@@ -73,6 +76,13 @@ void rotary_store_kv_impl(const RotaryArgs& a) {
     }
     const int64_t slot = slots[t];
     if (slot < 0) continue;
+    if constexpr (std::is_same_v<T, C>) {  // same dtype: the stored rows are plain copies
+      for (int64_t h = 0; h < a.num_kv_heads; ++h) {
+        std::memcpy(k_cache + slot * slot_stride + h * dim, k + t * a.k_stride_t + h * a.k_stride_h, dim * sizeof(T));
+        std::memcpy(v_cache + slot * slot_stride + h * dim, v + t * a.v_stride_t + h * a.v_stride_h, dim * sizeof(T));
+      }
+      continue;
+    }
     for (int64_t h = 0; h < a.num_kv_heads; ++h) {
       // Stored k is the rotated k already rounded to T, exactly as the reference stores it.
       load_row(k + t * a.k_stride_t + h * a.k_stride_h, buf, dim);

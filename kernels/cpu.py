@@ -48,12 +48,60 @@ def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tens
     return out
 
 
+def _cache_ok(k_cache: torch.Tensor, v_cache: torch.Tensor, head_dim: int) -> bool:
+    """True when check_device / check_cache (and head_dim) would pass for the caches: the cheap
+    per-call test of the common case, the full checks (with their errors) run only when it fails."""
+    return (k_cache.is_cpu and v_cache.is_cpu and k_cache.dim() == 4 and k_cache.shape[3] == head_dim
+            and k_cache.dtype in _DTYPES and v_cache.dtype == k_cache.dtype
+            and v_cache.shape == k_cache.shape and k_cache.is_contiguous() and v_cache.is_contiguous())
+
+
+def _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> bool:
+    if not (q.is_cpu and k.is_cpu and v.is_cpu and q.dtype in _DTYPES and k.dtype == q.dtype
+            and v.dtype == q.dtype and q.dim() == 3 and q.stride(2) == 1):
+        return False
+    num_tokens, _, head_dim = q.shape
+    if not _cache_ok(k_cache, v_cache, head_dim):
+        return False
+    kv_shape = (num_tokens, k_cache.shape[2], head_dim)
+    if k.shape != kv_shape or v.shape != kv_shape or positions.shape != (num_tokens,) \
+            or slot_mapping.shape != (num_tokens,) or k.stride(2) != 1 or v.stride(2) != 1:
+        return False
+    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        return False
+    return rotary_dim == 0 or (cos_sin is not None and cos_sin.dtype == torch.float32
+                               and cos_sin.dim() == 2 and cos_sin.shape[1] == rotary_dim)
+
+
 def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
                     k_cache: torch.Tensor, v_cache: torch.Tensor,
                     slot_mapping: torch.Tensor) -> None:
     """See kernels.reference.rotary_store_kv. q, k, v may be strided views ([tokens, heads, dim]
     with a dense last dim); they are rotated in place. Caches: contiguous, fp32 or bf16."""
+    if not _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping):
+        _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
+    num_tokens, _, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    a = _cpu.RotaryArgs()
+    if rotary_dim > 0:
+        cos_sin = cos_sin.contiguous()
+        a.cos_sin, a.max_positions = cos_sin.data_ptr(), cos_sin.shape[0]
+    positions, slot_mapping = _i64(positions), _i64(slot_mapping)
+    a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
+    a.positions, a.slot_mapping = positions.data_ptr(), slot_mapping.data_ptr()
+    a.k_cache, a.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
+    a.num_tokens, a.num_heads, a.num_kv_heads, a.head_dim = num_tokens, q.shape[1], num_kv_heads, head_dim
+    a.rotary_dim, a.interleaved = rotary_dim, bool(interleaved)
+    a.num_blocks, a.block_size = k_cache.shape[0], k_cache.shape[1]
+    a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
+    a.k_stride_t, a.k_stride_h = k.stride(0), k.stride(1)
+    a.v_stride_t, a.v_stride_h = v.stride(0), v.stride(1)
+    _cpu.rotary_store_kv(a, _DTYPES[q.dtype], _DTYPES[k_cache.dtype])
+
+
+def _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> None:
+    """The full argument checks of rotary_store_kv; raise TypeError / ValueError naming the argument."""
     check_device(_CPU, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache)
     dtype = _dtype_name(q, "q")
     for name, t in (("k", k), ("v", v)):
@@ -72,24 +120,11 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
         check_rows(t, name)
     if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
         raise ValueError(f"rotary_dim: must be even and in [0, head_dim={head_dim}], got {rotary_dim}")
-    a = _cpu.RotaryArgs()
     if rotary_dim > 0:
         if cos_sin is None or cos_sin.dtype != torch.float32 or cos_sin.dim() != 2:
             raise TypeError("cos_sin: expected a float32 [max_positions, rotary_dim] table")
         check_shape(cos_sin, "cos_sin", (None, rotary_dim))
-        cos_sin = cos_sin.contiguous()
-        a.cos_sin, a.max_positions = cos_sin.data_ptr(), cos_sin.shape[0]
-    positions, slot_mapping = _i64(positions), _i64(slot_mapping)
-    a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    a.positions, a.slot_mapping = positions.data_ptr(), slot_mapping.data_ptr()
-    a.k_cache, a.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
-    a.num_tokens, a.num_heads, a.num_kv_heads, a.head_dim = num_tokens, q.shape[1], num_kv_heads, head_dim
-    a.rotary_dim, a.interleaved = rotary_dim, bool(interleaved)
-    a.num_blocks, a.block_size = k_cache.shape[0], k_cache.shape[1]
-    a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
-    a.k_stride_t, a.k_stride_h = k.stride(0), k.stride(1)
-    a.v_stride_t, a.v_stride_h = v.stride(0), v.stride(1)
-    _cpu.rotary_store_kv(a, dtype, _dtype_name(k_cache, "k_cache"))
+    _dtype_name(k_cache, "k_cache")
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -97,22 +132,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     cu_seqlens_q: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
     """See kernels.reference.paged_attention. q may be a strided view with a dense last dim;
     returns a contiguous [num_tokens, num_heads, head_dim] tensor in q's dtype."""
-    check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache)
-    dtype = _dtype_name(q, "q")
-    check_shape(q, "q", (None, None, None))
-    check_rows(q, "q")
+    if not (q.is_cpu and q.dtype in _DTYPES and q.dim() == 3 and q.stride(2) == 1
+            and _cache_ok(k_cache, v_cache, q.shape[2]) and k_cache.shape[2] > 0
+            and q.shape[1] % k_cache.shape[2] == 0 and block_tables.dim() == 2
+            and seq_lens.shape == (block_tables.shape[0],)
+            and cu_seqlens_q.shape == (block_tables.shape[0] + 1,) and window >= 0):
+        _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
     num_tokens, num_heads, head_dim = q.shape
-    check_cache(k_cache, v_cache)
-    check_shape(k_cache, "k_cache", (None, None, None, head_dim))
     num_kv_heads = k_cache.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
-    check_shape(block_tables, "block_tables", (None, None))
     num_seqs = block_tables.shape[0]
-    check_shape(seq_lens, "seq_lens", (num_seqs,))
-    check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
-    if window < 0:
-        raise ValueError(f"window: must be >= 0, got {window}")
     block_tables, seq_lens, cu_seqlens_q = _i32(block_tables), _i32(seq_lens), _i32(cu_seqlens_q)
     out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype)
     a = _cpu.AttentionArgs()
@@ -124,5 +152,26 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     a.max_blocks_per_seq = block_tables.shape[1]
     a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
     a.scale, a.window = float(scale), int(window)
-    _cpu.paged_attention(a, dtype, _dtype_name(k_cache, "k_cache"))
+    _cpu.paged_attention(a, _DTYPES[q.dtype], _DTYPES[k_cache.dtype])
     return out
+
+
+def _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window) -> None:
+    """The full argument checks of paged_attention; raise TypeError / ValueError naming the argument."""
+    check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache)
+    _dtype_name(q, "q")
+    check_shape(q, "q", (None, None, None))
+    check_rows(q, "q")
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    check_cache(k_cache, v_cache)
+    check_shape(k_cache, "k_cache", (None, None, None, head_dim))
+    num_kv_heads = k_cache.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    check_shape(block_tables, "block_tables", (None, None))
+    num_seqs = block_tables.shape[0]
+    check_shape(seq_lens, "seq_lens", (num_seqs,))
+    check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
+    if window < 0:
+        raise ValueError(f"window: must be >= 0, got {window}")
+    _dtype_name(k_cache, "k_cache")
