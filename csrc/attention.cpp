@@ -207,6 +207,49 @@ inline void decode_block(const __m512* qv, const TC* k, const TC* v, int64_t str
   }
   for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(acc + 16 * c, av[c]);
 }
+
+// Scores of n <= 16 keys for every head of a group, read token by token: a token's [group heads,
+// head_dim] rows are contiguous, so K and V stream through each block in address order. sc: 16 per
+// head; q: num_group rows of kDim (scaled); row(j, g) = offset of key j, head g from k / v.
+template <typename TC, int64_t kDim>
+inline void decode_block_group(const float* q, const TC* k, const TC* v, int64_t stride, const int64_t* head_off,
+                               int64_t num_group, int64_t n, float* m, float* l, float* acc, float* sc) {
+  constexpr int64_t C = kDim / 16;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t g = 0; g < num_group; ++g) {
+      const TC* kj = k + j * stride + head_off[g];
+      const float* qg = q + g * kDim;
+      __m512 d0 = _mm512_mul_ps(_mm512_loadu_ps(qg), load16(kj));
+      __m512 d1 = C > 1 ? _mm512_mul_ps(_mm512_loadu_ps(qg + 16), load16(kj + 16)) : _mm512_setzero_ps();
+      for (int64_t c = 2; c + 1 < C; c += 2) {
+        d0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c), load16(kj + 16 * c), d0);
+        d1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c + 16), load16(kj + 16 * c + 16), d1);
+      }
+      if (C > 2 && C % 2) d0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * (C - 1)), load16(kj + 16 * (C - 1)), d0);
+      sc[g * 16 + j] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+    }
+  const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
+  for (int64_t g = 0; g < num_group; ++g) {
+    const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask, sc + g * 16);
+    const float m_new = std::max(m[g], _mm512_reduce_max_ps(s));
+    const float alpha = exp_neg(m[g] - m_new);
+    const __m512 p = exp_neg16(_mm512_sub_ps(s, _mm512_set1_ps(m_new)));
+    l[g] = l[g] * alpha + _mm512_reduce_add_ps(p);
+    m[g] = m_new;
+    _mm512_storeu_ps(sc + g * 16, p);
+    const __m512 al = _mm512_set1_ps(alpha);
+    for (int64_t c = 0; c < C; ++c)
+      _mm512_storeu_ps(acc + g * kDim + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(acc + g * kDim + 16 * c), al));
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t g = 0; g < num_group; ++g) {
+      const __m512 pj = _mm512_set1_ps(sc[g * 16 + j]);
+      const TC* vj = v + j * stride + head_off[g];
+      float* ag = acc + g * kDim;
+      for (int64_t c = 0; c < C; ++c)
+        _mm512_storeu_ps(ag + 16 * c, _mm512_fmadd_ps(pj, load16(vj + 16 * c), _mm512_loadu_ps(ag + 16 * c)));
+    }
+}
 #endif
 
 // Prefetches rows [kv_lo, kv_hi) (elements within a slot) of every slot of one cache block.
@@ -216,8 +259,8 @@ inline void prefetch_block(const TC* k_cache, const TC* v_cache, int64_t base, i
   constexpr int64_t kLine = 64 / sizeof(TC);  // elements per cache line
   for (int64_t t = 0; t < bs; ++t)
     for (int64_t e = kv_lo; e < kv_hi; e += kLine) {
-      __builtin_prefetch(k_cache + base + t * slot_stride + e);
-      __builtin_prefetch(v_cache + base + t * slot_stride + e);
+      __builtin_prefetch(k_cache + base + t * slot_stride + e, 0, 2);
+      __builtin_prefetch(v_cache + base + t * slot_stride + e, 0, 2);
     }
 }
 
@@ -251,6 +294,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       load_row(q + (w.row0 + r) * a.q_stride_t + (w.h0 + g) * a.q_stride_h, qs, dim);
       for (int64_t d = 0; d < dim; ++d) qs[d] *= a.scale;
     }
+  const int64_t kv_lo_g = w.h0 / heads_per_kv * dim, kv_hi_g = ((w.h1 - 1) / heads_per_kv + 1) * dim;
   const bool tiled = num_rows > 1;
   if (tiled) {  // qt[(g * dim + d) * kQueryTile + r] = q row r, head g, dim d; padding rows are 0
     s.qt.assign(num_group * dim * kQueryTile, 0.0f);
@@ -261,15 +305,39 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
           s.qt[(g * dim + d) * kQueryTile + r] = s.q[(r * num_group + g) * dim + d];
   }
 
+#if defined(__AVX512F__)
+  if constexpr (kDim > 0 && kDim % 16 == 0 && kDim <= 256) {
+    if (num_rows == 1) {  // decode row: all the group's heads token by token, K then V per 16 keys
+      int64_t head_off[512];
+      const int64_t ng = std::min<int64_t>(num_group, 512);
+      for (int64_t g = 0; g < ng; ++g) head_off[g] = (w.h0 + g) / heads_per_kv * dim;
+      s.scores.resize(16 * num_group);
+      if (num_group <= 512) {
+        for (int64_t blk = key_lo / bs; blk * bs < key_hi; ++blk) {
+          const int64_t j0 = std::max(blk * bs, key_lo), j1 = std::min(blk * bs + bs, key_hi);
+          const int64_t block_base = static_cast<int64_t>(table[blk]) * bs * slot_stride;
+          if ((blk + 1) * bs < key_hi) prefetch_block(k_cache, v_cache, table[blk + 1] * bs * slot_stride, bs,
+                                                      slot_stride, kv_lo_g, kv_hi_g);
+          for (int64_t c0 = j0; c0 < j1; c0 += 16) {
+            const int64_t off = block_base + (c0 - blk * bs) * slot_stride;
+            decode_block_group<TC, kDim>(s.q.data(), k_cache + off, v_cache + off, slot_stride, head_off, num_group,
+                                         std::min<int64_t>(16, j1 - c0), s.m.data(), s.l.data(), s.acc.data(),
+                                         s.scores.data());
+          }
+        }
+        goto finish;
+      }
+    }
+  }
+#endif
   // Only blocks that hold a visible key: the window skips whole blocks before key_lo.
-  const int64_t kv_lo = w.h0 / heads_per_kv * dim, kv_hi = ((w.h1 - 1) / heads_per_kv + 1) * dim;
   for (int64_t blk = key_lo / bs; blk * bs < key_hi; ++blk) {
     const int64_t j0 = std::max(blk * bs, key_lo), j1 = std::min(blk * bs + bs, key_hi);
     const int64_t block_base = static_cast<int64_t>(table[blk]) * bs * slot_stride;
     // The group's rows are 2-4 KB apart (other heads in between), too far apart for the hardware
     // prefetcher: fetch the next block's [token, group heads, dim] rows while this one is computed.
     if ((blk + 1) * bs < key_hi) prefetch_block(k_cache, v_cache, table[blk + 1] * bs * slot_stride, bs,
-                                                slot_stride, kv_lo, kv_hi);
+                                                slot_stride, kv_lo_g, kv_hi_g);
     for (int64_t g = 0; g < num_group; ++g) {
       // Rows j0..j1 of this head's keys and values, slot_stride elements apart.
       const int64_t head_base = block_base + (j0 - blk * bs) * slot_stride + (w.h0 + g) / heads_per_kv * dim;
@@ -308,6 +376,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       }
     }
   }
+finish:
   for (int64_t r = 0; r < num_rows; ++r)
     for (int64_t g = 0; g < num_group; ++g) {
       const int64_t i = r * num_group + g;
