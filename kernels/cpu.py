@@ -19,10 +19,14 @@ def _dtype_name(t: torch.Tensor, name: str) -> str:
 
 
 def _i64(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.int64 and t.is_contiguous():  # the common case, without two dispatcher calls
+        return t
     return t.to(torch.int64).contiguous()
 
 
 def _i32(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.int32 and t.is_contiguous():
+        return t
     return t.to(torch.int32).contiguous()
 
 
