@@ -452,7 +452,7 @@ void paged_attention(const AttentionArgs& a, const std::string& dtype, const std
     throw std::invalid_argument("num_heads must be a multiple of num_kv_heads");
   int64_t work = 0;  // ~ (query row, key) pairs x heads x dim, to skip threads for tiny steps
   const std::vector<WorkItem> items = plan(a, work);
-  const bool parallel = work > (int64_t{1} << 18);  // below ~20 us of work, waking threads costs more
+  const bool parallel = work > (int64_t{1} << 15);  // below ~3 us of work, waking threads costs more
   const DType t = parse_dtype(dtype), c = parse_dtype(cache_dtype);
   if (t == DType::kFloat32 && c == DType::kFloat32) paged_attention_impl<float, float>(a, items, parallel);
   if (t == DType::kFloat32 && c == DType::kBFloat16) paged_attention_impl<float, bf16>(a, items, parallel);
