@@ -43,3 +43,28 @@ def check_embedding_shapes(ids, modality, remap, wte, wpe, positions) -> None:
     check_shape(remap, "remap", (wte.shape[0],))
     if wpe is not None:
         check_shape(wpe, "wpe", (None, wte.shape[1]))
+
+
+def check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> None:
+    """Shapes and dtypes of rotary_store_kv's arguments that every backend requires (TypeError /
+    ValueError naming the argument); dtype support and devices are each backend's own checks."""
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}")
+    check_shape(q, "q", (None, None, None))
+    num_tokens, _, head_dim = q.shape
+    check_cache(k_cache, v_cache)
+    num_kv_heads = k_cache.shape[2]
+    check_shape(k, "k", (num_tokens, num_kv_heads, head_dim))
+    check_shape(v, "v", (num_tokens, num_kv_heads, head_dim))
+    check_shape(k_cache, "k_cache", (None, None, num_kv_heads, head_dim))
+    check_shape(positions, "positions", (num_tokens,))
+    check_shape(slot_mapping, "slot_mapping", (num_tokens,))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_rows(t, name)
+    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        raise ValueError(f"rotary_dim: must be even and in [0, head_dim={head_dim}], got {rotary_dim}")
+    if rotary_dim > 0:
+        if cos_sin is None or cos_sin.dtype != torch.float32 or cos_sin.dim() != 2:
+            raise TypeError("cos_sin: expected a float32 [max_positions, rotary_dim] table")
+        check_shape(cos_sin, "cos_sin", (None, rotary_dim))

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import check_cache, check_device, check_embedding_shapes, check_rows, check_shape
+from kernels._checks import (check_cache, check_device, check_embedding_shapes, check_rotary_args,
+                             check_rows, check_shape)
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -166,27 +167,11 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     (that would need a device sync): the engine owns them.
     """
     _check_dtype(q, "q")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}")
-    check_shape(q, "q", (None, None, None))
-    num_tokens, num_heads, head_dim = q.shape
-    check_cache(k_cache, v_cache)
+    check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
     _check_dtype(k_cache, "k_cache")
+    num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
-    check_shape(k, "k", (num_tokens, num_kv_heads, head_dim))
-    check_shape(v, "v", (num_tokens, num_kv_heads, head_dim))
-    check_shape(k_cache, "k_cache", (None, None, num_kv_heads, head_dim))
-    check_shape(positions, "positions", (num_tokens,))
-    check_shape(slot_mapping, "slot_mapping", (num_tokens,))
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_rows(t, name)
-    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
-        raise ValueError(f"rotary_dim: must be even and in [0, head_dim={head_dim}], got {rotary_dim}")
     if rotary_dim > 0:
-        if cos_sin is None or cos_sin.dtype != torch.float32 or cos_sin.dim() != 2:
-            raise TypeError("cos_sin: expected a float32 [max_positions, rotary_dim] table")
-        check_shape(cos_sin, "cos_sin", (None, rotary_dim))
         cos_sin = cos_sin.contiguous()
     device = _device(q, "q")
     check_device(device, k=k, v=v, k_cache=k_cache, v_cache=v_cache, positions=positions,
