@@ -68,3 +68,22 @@ def check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache,
         if cos_sin is None or cos_sin.dtype != torch.float32 or cos_sin.dim() != 2:
             raise TypeError("cos_sin: expected a float32 [max_positions, rotary_dim] table")
         check_shape(cos_sin, "cos_sin", (None, rotary_dim))
+
+
+def check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window) -> None:
+    """Shapes of paged_attention's arguments that every backend requires (ValueError naming the
+    argument); dtype support and devices are each backend's own checks."""
+    check_shape(q, "q", (None, None, None))
+    check_rows(q, "q")
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    check_cache(k_cache, v_cache)
+    check_shape(k_cache, "k_cache", (None, None, None, head_dim))
+    num_kv_heads = k_cache.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    check_shape(block_tables, "block_tables", (None, None))
+    num_seqs = block_tables.shape[0]
+    check_shape(seq_lens, "seq_lens", (num_seqs,))
+    check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
+    if window < 0:
+        raise ValueError(f"window: must be >= 0, got {window}")

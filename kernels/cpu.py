@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from kernels import _cpu
-from kernels._checks import (check_cache, check_device, check_embedding_shapes, check_rotary_args,
-                             check_rows, check_shape)
+from kernels._checks import (check_attention_args, check_device, check_embedding_shapes,
+                             check_rotary_args)
 
 _CPU = torch.device("cpu")
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
@@ -146,18 +146,5 @@ def _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
     """The full argument checks of paged_attention; raise TypeError / ValueError naming the argument."""
     check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache)
     _dtype_name(q, "q")
-    check_shape(q, "q", (None, None, None))
-    check_rows(q, "q")
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    check_cache(k_cache, v_cache)
-    check_shape(k_cache, "k_cache", (None, None, None, head_dim))
-    num_kv_heads = k_cache.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
-    check_shape(block_tables, "block_tables", (None, None))
-    num_seqs = block_tables.shape[0]
-    check_shape(seq_lens, "seq_lens", (num_seqs,))
-    check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
-    if window < 0:
-        raise ValueError(f"window: must be >= 0, got {window}")
+    check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
     _dtype_name(k_cache, "k_cache")

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import (check_cache, check_device, check_embedding_shapes, check_rotary_args,
-                             check_rows, check_shape)
+from kernels._checks import (check_attention_args, check_device, check_embedding_shapes,
+                             check_rotary_args)
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -271,21 +271,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     Scores, softmax and accumulation are fp32 (fp32 inputs use IEEE fp32 dots, not TF32).
     """
     _check_dtype(q, "q")
-    check_shape(q, "q", (None, None, None))
-    check_rows(q, "q")
-    num_tokens, num_heads, head_dim = q.shape
-    check_cache(k_cache, v_cache)
+    check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
     _check_dtype(k_cache, "k_cache")
-    check_shape(k_cache, "k_cache", (None, None, None, head_dim))
-    num_kv_heads = k_cache.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
-    check_shape(block_tables, "block_tables", (None, None))
-    num_seqs = block_tables.shape[0]
-    check_shape(seq_lens, "seq_lens", (num_seqs,))
-    check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
-    if window < 0:
-        raise ValueError(f"window: must be >= 0, got {window}")
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads, num_seqs = k_cache.shape[2], block_tables.shape[0]
     device = _device(q, "q")
     check_device(device, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens,
                  cu_seqlens_q=cu_seqlens_q)
