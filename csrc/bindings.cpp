@@ -6,6 +6,8 @@
 
 namespace py = pybind11;
 using codeinfer::AttentionArgs;
+using codeinfer::DequantizeArgs;
+using codeinfer::QuantizeArgs;
 using codeinfer::RotaryArgs;
 
 PYBIND11_MODULE(_cpu, m) {
@@ -37,4 +39,22 @@ PYBIND11_MODULE(_cpu, m) {
 #undef FIELD
   m.def("paged_attention", &codeinfer::paged_attention, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"), py::arg("cache_dtype"));
+
+  py::class_<QuantizeArgs>(m, "QuantizeArgs")
+      .def(py::init<>())
+#define FIELD(name) .def_readwrite(#name, &QuantizeArgs::name)
+      FIELD(x) FIELD(gamma) FIELD(beta) FIELD(out) FIELD(scales) FIELD(num_rows) FIELD(dim)
+      FIELD(x_stride) FIELD(eps);
+#undef FIELD
+  m.def("quantize_rows", &codeinfer::quantize_rows, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"));
+
+  py::class_<DequantizeArgs>(m, "DequantizeArgs")
+      .def(py::init<>())
+#define FIELD(name) .def_readwrite(#name, &DequantizeArgs::name)
+      FIELD(y) FIELD(scales) FIELD(bias) FIELD(residual) FIELD(num_rows) FIELD(dim) FIELD(y_stride)
+      FIELD(res_stride) FIELD(act_start);
+#undef FIELD
+  m.def("dequantize_rows", &codeinfer::dequantize_rows, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"));
 }

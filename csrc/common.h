@@ -90,7 +90,8 @@ inline float dot_row(const float* a, const T* b, int64_t n) {
 // (so exp(-inf) = 0 and masked keys contribute nothing). Inline and branch-free so it vectorises.
 inline float exp_neg(float x) {
   const float xc = x < -87.0f ? -87.0f : x;
-  const float n = __builtin_floorf(xc * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln2); adding 1.5 * 2^23 rounds without floorf, which blocks vectorisation.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;

@@ -34,4 +34,21 @@ struct AttentionArgs {
 
 void paged_attention(const AttentionArgs& args, const std::string& dtype, const std::string& cache_dtype);
 
+// Operands of quantize_rows / dequantize_rows (see csrc/quant.cpp). Strides are in elements;
+// gamma, beta, bias, residual: 0 = absent.
+struct QuantizeArgs {
+  uintptr_t x = 0, gamma = 0, beta = 0, out = 0, scales = 0;
+  int64_t num_rows = 0, dim = 0, x_stride = 0;
+  float eps = 1e-5f;
+};
+
+void quantize_rows(const QuantizeArgs& args, const std::string& dtype);
+
+struct DequantizeArgs {
+  uintptr_t y = 0, scales = 0, bias = 0, residual = 0;
+  int64_t num_rows = 0, dim = 0, y_stride = 0, res_stride = 0, act_start = 0;
+};
+
+void dequantize_rows(const DequantizeArgs& args, const std::string& dtype);
+
 }  // namespace codeinfer

@@ -51,6 +51,7 @@ def load_model(config: ModelConfig, model_dir: str | Path, ops, dtype: torch.dty
     with torch.device("meta"):
         model = model_cls(config, ops)
     model = model.to(dtype).to_empty(device=device)
+    model.tie_weights()  # to_empty allocates shared parameters apart: share them again
     params = dict(model.named_parameters())
     # Packed parameters (q, k, v of GPT-Neo) are filled shard by shard: track which shards arrived.
     filled: dict[str, set] = {name: set() for name in params}

@@ -148,3 +148,66 @@ def _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
     _dtype_name(q, "q")
     check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
     _dtype_name(k_cache, "k_cache")
+
+
+def _check_rows_2d(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
+    check_device(_CPU, **{name: t})
+    if t.dim() != 2 or t.stride(1) != 1:
+        raise ValueError(f"{name}: expected a [rows, dim] tensor with a dense last dim, "
+                         f"got shape {list(t.shape)} strides {t.stride()}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+
+
+def _vector(t: torch.Tensor | None, name: str, dim: int, dtype: torch.dtype) -> torch.Tensor | None:
+    if t is None:
+        return None
+    check_device(_CPU, **{name: t})
+    if t.shape != (dim,) or t.dtype != dtype:
+        raise ValueError(f"{name}: expected a [{dim}] {dtype} tensor, got {list(t.shape)} {t.dtype}")
+    return t.contiguous()
+
+
+def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+                  eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """See kernels.reference.quantize_rows (x: fp32 or bf16; gamma, beta in x's dtype)."""
+    dtype = _dtype_name(x, "x")
+    _check_rows_2d(x, "x")
+    num_rows, dim = x.shape
+    if gamma is None and beta is not None:
+        raise ValueError("beta: given without gamma")
+    gamma, beta = _vector(gamma, "gamma", dim, x.dtype), _vector(beta, "beta", dim, x.dtype)
+    out = torch.empty(num_rows, dim, dtype=torch.uint8)
+    scales = torch.empty(num_rows, dtype=torch.float32)
+    a = _cpu.QuantizeArgs()
+    a.x, a.out, a.scales = x.data_ptr(), out.data_ptr(), scales.data_ptr()
+    a.gamma = 0 if gamma is None else gamma.data_ptr()
+    a.beta = 0 if beta is None else beta.data_ptr()
+    a.num_rows, a.dim, a.x_stride, a.eps = num_rows, dim, max(x.stride(0), dim), float(eps)
+    _cpu.quantize_rows(a, dtype)
+    return out, scales
+
+
+def dequantize_rows(y: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+                    residual: torch.Tensor | None = None, act_start: int | None = None) -> torch.Tensor:
+    """See kernels.reference.dequantize_rows (y: fp32 or bf16; bias, residual in y's dtype)."""
+    dtype = _dtype_name(y, "y")
+    _check_rows_2d(y, "y")
+    num_rows, dim = y.shape
+    _check_rows_2d(scales.view(-1, 1), "scales", torch.float32)
+    if scales.shape != (num_rows,) or not scales.is_contiguous():
+        raise ValueError(f"scales: expected a contiguous [{num_rows}] tensor, got {list(scales.shape)}")
+    bias = _vector(bias, "bias", dim, y.dtype)
+    if residual is not None:
+        _check_rows_2d(residual, "residual", y.dtype)
+        if residual.shape != y.shape:
+            raise ValueError(f"residual: expected shape {list(y.shape)}, got {list(residual.shape)}")
+    a = _cpu.DequantizeArgs()
+    a.y, a.scales = y.data_ptr(), scales.data_ptr()
+    a.bias = 0 if bias is None else bias.data_ptr()
+    a.residual = 0 if residual is None else residual.data_ptr()
+    a.num_rows, a.dim, a.y_stride = num_rows, dim, max(y.stride(0), dim)
+    a.res_stride = 0 if residual is None else max(residual.stride(0), dim)
+    a.act_start = dim if act_start is None else int(act_start)
+    _cpu.dequantize_rows(a, dtype)
+    return y

@@ -108,3 +108,36 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         scores.masked_fill_(~visible, float("-inf"))
         out[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v).to(q.dtype)
     return out
+
+
+def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+                  eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 quantisation of activations, stored as uint8 with zero point 128 (the
+    input layout of oneDNN's u8 x s8 GEMM), optionally after a layer norm computed in fp32.
+
+    x: [num_rows, dim] (rows may be strided); gamma, beta: [dim] or None (no layer norm).
+    Returns (xq [num_rows, dim] uint8, scales [num_rows] fp32) with
+    v ~= (xq - 128) * scales[:, None], v = layer_norm(x) or x. A row of zeros gets scale 0."""
+    v = x.float()
+    if gamma is not None:
+        v = torch.nn.functional.layer_norm(v, (x.shape[1],), gamma.float(),
+                                           None if beta is None else beta.float(), eps)
+    amax = v.abs().amax(dim=1)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    xq = torch.round(v * inv[:, None]).clamp_(-127, 127).to(torch.int32) + 128
+    return xq.to(torch.uint8), amax / 127.0
+
+
+def dequantize_rows(y: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+                    residual: torch.Tensor | None = None, act_start: int | None = None) -> torch.Tensor:
+    """Epilogue of the int8 GEMM, in place on y [num_rows, dim] (rows may be strided):
+    y = act(y * scales[:, None] + bias) + residual, act = gelu (tanh) on columns >= act_start
+    (None: no activation). scales: [num_rows] fp32; bias: [dim]; residual: [num_rows, dim]. Returns y."""
+    v = y.float() * scales[:, None]
+    if bias is not None:
+        v = v + bias.float()
+    if act_start is not None:
+        v[:, act_start:] = torch.nn.functional.gelu(v[:, act_start:], approximate="tanh")
+    if residual is not None:
+        v = v + residual.float()
+    return y.copy_(v)

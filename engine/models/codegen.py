@@ -9,7 +9,8 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
-from engine.models.layers import MLP, SelfAttention
+from engine.models.layers import INT8_FUSED_ACTS, MLP, SelfAttention, project
+from engine.models.quant import Int8Linear
 from kernels.reference import rotary_cos_sin
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are 4 chunks of [q | v | k].
@@ -34,10 +35,29 @@ class CodeGenBlock(nn.Module):
                                   rotary_dim=config.rotary_dim, interleaved=True,
                                   qkv_bias=False, out_bias=False)
         self.mlp = MLP(h, config.intermediate_size, config.activation)
+        self.in_proj: Int8Linear | None = None  # dtype int8: qkv_proj and fc_in as one GEMM
+        self.qkv_width = 3 * h
+
+    def quantize(self) -> None:
+        """dtype int8: qkv_proj and fc_in read the same ln_1 output, so one int8 GEMM computes both
+        ([3 * hidden + inner, hidden] weights, the gelu applied to the fc_in columns in its epilogue)."""
+        if self.mlp.act_name not in INT8_FUSED_ACTS:
+            return
+        qkv, fc_in = self.attn.qkv_proj, self.mlp.fc_in
+        qkv_bias = torch.zeros(qkv.out_features, dtype=qkv.weight.dtype) if qkv.bias is None else qkv.bias
+        self.in_proj = Int8Linear(torch.cat([qkv.weight, fc_in.weight]),
+                                  torch.cat([qkv_bias.detach(), fc_in.bias.detach()]))
+        self.attn.qkv_proj = self.mlp.fc_in = None
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor) -> torch.Tensor:
+        # Parallel residual: x + attn(ln_1(x)) + mlp(ln_1(x)), added in that order.
+        if self.in_proj is not None:
+            y = self.in_proj(x, norm=self.ln_1, act_start=self.qkv_width)
+            x = self.attn.attend(y[:, :self.qkv_width], meta, cos_sin, residual=x)
+            return project(self.mlp.fc_out, y[:, self.qkv_width:], residual=x)
         h = self.ln_1(x)
-        return x + self.attn(h, meta, cos_sin) + self.mlp(h)  # parallel residual
+        x = self.attn(h, meta, cos_sin, residual=x)
+        return self.mlp(h, residual=x)
 
 
 class CodeGenForCausalLM(nn.Module):
@@ -60,8 +80,7 @@ class CodeGenForCausalLM(nn.Module):
         self.layers = nn.ModuleList(CodeGenBlock(config, ops) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.wte.weight
+        self.tie_weights()
         self.cos_sin: torch.Tensor | None = None  # [max_positions, rotary_dim] fp32, see post_load
 
     def map_weight(self, name: str):
@@ -77,12 +96,14 @@ class CodeGenForCausalLM(nn.Module):
     def transform_weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         return relayout_qkv(tensor) if name.endswith("qkv_proj.weight") else tensor
 
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight
+
     def post_load(self) -> None:
         device = self.wte.weight.device
         self.cos_sin = rotary_cos_sin(self.config.rotary_dim,
                                       self.config.max_position_embeddings).to(device)
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.wte.weight
 
     def forward(self, input_ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

@@ -24,8 +24,8 @@ class GPTNeoBlock(nn.Module):
         self.mlp = MLP(h, config.intermediate_size, config.activation)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), meta, None)
-        return x + self.mlp(self.ln_2(x))
+        x = self.attn(x, meta, None, norm=self.ln_1, residual=x)
+        return self.mlp(x, norm=self.ln_2, residual=x)
 
 
 class GPTNeoForCausalLM(nn.Module):
@@ -53,12 +53,12 @@ class GPTNeoForCausalLM(nn.Module):
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.layers = nn.ModuleList(GPTNeoBlock(config, ops, i) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
-            config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
 
     def map_weight(self, name: str):
         """(local name, shard) for a checkpoint tensor name; None if unknown; () if ignored."""
-        if self.IGNORED.match(name) or (name == "lm_head.weight" and self.lm_head is None):
+        if self.IGNORED.match(name) or (name == "lm_head.weight" and self.config.tie_word_embeddings):
             return ()
         for pattern, target, shard in self.WEIGHT_MAP:
             if re.fullmatch(pattern, name):
@@ -67,6 +67,10 @@ class GPTNeoForCausalLM(nn.Module):
 
     def transform_weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight
 
     def post_load(self) -> None:
         pass
@@ -81,5 +85,4 @@ class GPTNeoForCausalLM(nn.Module):
         return self.ln_f(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight)
+        return self.lm_head(hidden)

@@ -31,17 +31,32 @@ HAS_LINEAR_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.op
                                                                         "_linear_pointwise")
 
 
-def linear_act(linear: nn.Module, x: torch.Tensor, act_name: str) -> torch.Tensor:
-    """activation(linear(x)), fused into the GEMM for bf16 on the CPU (fp32 keeps the unfused ops,
-    so fp32 outputs match transformers exactly)."""
-    post_op = ONEDNN_POST_OPS.get(act_name)
-    if post_op and HAS_LINEAR_POINTWISE and x.dtype == torch.bfloat16 and x.device.type == "cpu":
-        if type(linear) is nn.Linear:
-            return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, post_op[0], [],
-                                                      post_op[1])
-        if hasattr(linear, "forward_post_op"):  # engine.models.quant.Int8Linear
-            return linear.forward_post_op(x, post_op, activation(act_name))
-    return activation(act_name)(linear(x))
+# Activations the int8 epilogue computes (engine/models/quant.py): GPT-2's tanh gelu.
+INT8_FUSED_ACTS = {"gelu_new", "gelu_fast"}
+
+
+def project(linear: nn.Module, x: torch.Tensor, norm: nn.Module | None = None, act: str | None = None,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """residual + act(linear(norm(x))), each part optional. An Int8Linear (dtype int8) fuses the norm
+    into its activation quantization and the tanh gelu and residual into its epilogue; bf16 on the
+    CPU fuses the activation into the GEMM; fp32 keeps the unfused ops, so fp32 outputs match
+    transformers exactly."""
+    if hasattr(linear, "qweight"):  # engine.models.quant.Int8Linear
+        fused = act is None or act in INT8_FUSED_ACTS
+        y = linear(x, norm=norm, act_start=0 if act is not None and fused else None,
+                   residual=residual if fused else None)
+        return y if fused else residual_add(activation(act)(y), residual)
+    h = x if norm is None else norm(x)
+    post_op = ONEDNN_POST_OPS.get(act)
+    if post_op and HAS_LINEAR_POINTWISE and h.dtype == torch.bfloat16 and h.device.type == "cpu":
+        y = torch.ops.mkldnn._linear_pointwise(h, linear.weight, linear.bias, post_op[0], [], post_op[1])
+    else:
+        y = linear(h) if act is None else activation(act)(linear(h))
+    return residual_add(y, residual)
+
+
+def residual_add(y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    return y if residual is None else residual + y
 
 
 class MLP(nn.Module):
@@ -52,8 +67,10 @@ class MLP(nn.Module):
         self.act_name = act
         activation(act)  # ValueError now for an unsupported activation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(linear_act(self.fc_in, x, self.act_name))
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """residual + fc_out(act(fc_in(norm(x))))."""
+        return project(self.fc_out, project(self.fc_in, x, norm, self.act_name), residual=residual)
 
 
 class SelfAttention(nn.Module):
@@ -69,11 +86,17 @@ class SelfAttention(nn.Module):
         self.attn = PagedAttention(ops, num_heads, self.head_dim, scale, window, rotary_dim,
                                    interleaved)
 
-    def forward(self, x: torch.Tensor, meta: AttentionMetadata,
-                cos_sin: torch.Tensor | None) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        qkv = self.qkv_proj(x).view(num_tokens, 3, self.num_heads, self.head_dim)
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor | None,
+                norm: nn.Module | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """residual + out_proj(attention(qkv_proj(norm(x))))."""
+        return self.attend(project(self.qkv_proj, x, norm), meta, cos_sin, residual)
+
+    def attend(self, qkv: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor | None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        """qkv: [num_tokens, 3 * hidden] (rows may be strided) -> residual + out_proj(attention)."""
+        num_tokens = qkv.shape[0]
+        qkv = qkv.unflatten(1, (3, self.num_heads, self.head_dim))
         # Strided views of qkv, [num_tokens, heads, head_dim] each: the ops take a dense last dim.
         q, k, v = qkv.unbind(1)
         out = self.attn(q, k, v, meta, cos_sin)
-        return self.out_proj(out.view(num_tokens, -1))
+        return project(self.out_proj, out.view(num_tokens, -1), residual=residual)

@@ -1,28 +1,34 @@
-"""int8 weights for dtype="int8": every nn.Linear of a loaded model (tied embeddings excepted) is
-swapped for an Int8Linear holding per-output-channel symmetric int8 weights and fp32 scales, while
-activations, norms, embeddings and the KV cache stay bfloat16.
+"""int8 weights and activations for dtype="int8": every nn.Linear of a loaded model is swapped for an
+Int8Linear holding per-output-channel symmetric int8 weights and fp32 scales (a tied lm_head gets
+its own int8 copy; the embedding stays bf16). Norms, attention and the KV cache stay bfloat16.
 
-Which matmul runs depends on the number of rows M (the tokens of the step), because each torch CPU
-kernel wins in its own range on this hardware:
-    M <= INT_MM_M  decode: fbgemm's prepacked dynamic int8 linear (quantized.linear_dynamic: the
-                   activations quantized per tensor to uint8, VNNI int8 GEMM, fp32 out; measured
-                   13-35% faster per decode step than the two paths below at 1-32 requests).
-                   Without fbgemm: aten._weight_int8pack_mm (weight-only) up to SMALL_M rows, then
-                   aten._int_mm on per-row int8 activations.
-    larger         prefill: the int8 weight dequantized to bf16 once per call, then the bf16 GEMM
-                   (compute-bound; the dequantization costs ~2% there).
-Teacher-forced agreement with fp32 of each path: README, Performance."""
+On the CPU one call is three steps, each a single pass:
+    1. kernels.cpu.quantize_rows: the bf16 activations (optionally through the layer norm that feeds
+       the linear) -> per-row symmetric int8, stored as uint8 with zero point 128, + row scales;
+    2. oneDNN's u8 x s8 GEMM (onednn.qlinear_pointwise, VNNI, weights prepacked once) -> bf16,
+       already multiplied by the weight scales; about 2x the bf16 GEMM on this CPU in prefill and
+       decode alike;
+    3. kernels.cpu.dequantize_rows, in place: x row scale, + bias, gelu on the columns from
+       act_start, + residual.
+Per-row (per-token) activation scales keep a token's result independent of the other tokens of
+the step, so batched greedy decoding gives the tokens of one-at-a-time decoding (the int32
+accumulation is exact whatever the batch). Elsewhere (no oneDNN, other devices) the int8 weight is
+dequantized to the activation dtype per call. Agreement with fp32: README, Performance."""
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SMALL_M = 16
-INT_MM_M = 192
-HAS_FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
+from kernels import reference as reference_ops
+
+try:
+    from kernels import cpu as cpu_ops
+except ImportError:  # the C++ extension is not built: the reference ops (slow, same results)
+    cpu_ops = reference_ops
+
+HAS_ONEDNN_INT8 = hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
+ZERO_POINT = 128  # activations are int8 stored as uint8 + 128: oneDNN's fast kernels take u8 x s8
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,62 +40,67 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 class Int8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear):
+    """y = residual + act(linear(norm(x))) with int8 weights; see the module docstring."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scale = quantize_per_channel(linear.weight)
-        act_dtype = linear.weight.dtype
-        self.register_buffer("qweight", q)                        # [out, in] int8
-        self.register_buffer("scale", scale)                      # [out] fp32
-        self.register_buffer("scale_act", scale.to(act_dtype))    # [out] in the activation dtype
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
-        self.packed = None  # fbgemm's prepacked copy of qweight (+ fp32 bias) for decode rows
-        if HAS_FBGEMM and q.device.type == "cpu":
-            zero_points = torch.zeros(self.out_features, dtype=torch.int64)
-            with warnings.catch_warnings():  # quantized tensors are deprecated: see the aten fallback
-                warnings.simplefilter("ignore", UserWarning)
-                qt = torch._make_per_channel_quantized_tensor(q, scale.double(), zero_points, 0)
-            bias = None if self.bias is None else self.bias.float()
-            self.packed = torch.ops.quantized.linear_prepack(qt, bias)
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_per_channel(weight)
+        self.register_buffer("qweight", q)          # [out, in] int8
+        self.register_buffer("scale", scale)        # [out] fp32
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.act_dtype = weight.dtype
+        self.packed = None  # oneDNN's prepacked copy of qweight (the CPU path)
+        if HAS_ONEDNN_INT8 and q.device.type == "cpu":
+            self.packed = torch.ops.onednn.qlinear_prepack(q, None)
+            self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.int64))
 
-    def forward_post_op(self, x: torch.Tensor, post_op: tuple[str, str], act) -> torch.Tensor:
-        """act(self(x)); on the dequantized (prefill) path act is a oneDNN post-op of the GEMM.
-        x: [rows, in] bf16 on the CPU; post_op: (attr, algorithm) of mkldnn._linear_pointwise."""
-        if x.dim() == 2 and x.shape[0] > INT_MM_M:
-            weight = self.qweight.to(x.dtype) * self.scale_act[:, None]
-            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, post_op[0], [], post_op[1])
-        return act(self(x))
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        return cls(linear.weight, linear.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
+        on output columns >= act_start (None: none); residual: [..., out] added last."""
         shape = x.shape
         x = x.reshape(-1, self.in_features)
-        rows = x.shape[0]
-        if rows <= INT_MM_M and self.packed is not None:  # bias included in the packed weight
-            # reduce_range=False: full 8-bit activations (VNNI has no int16 saturation to avoid).
-            y = torch.ops.quantized.linear_dynamic(x.float(), self.packed, False).to(x.dtype)
-            return y.view(*shape[:-1], self.out_features)
-        if rows <= SMALL_M and x.dtype == self.scale_act.dtype:
-            y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.qweight, self.scale_act)
-        elif rows <= INT_MM_M:  # int8pack wins up to SMALL_M rows, _int_mm above
-            x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_min_(1e-12) / 127.0  # [M, 1]
-            xq = torch.round(x / x_scale).to(torch.int8)
-            y = (torch._int_mm(xq, self.qweight.t()) * (x_scale * self.scale)).to(x.dtype)
+        res = None if residual is None else residual.reshape(-1, self.out_features)
+        if self.packed is not None and x.is_cpu and x.dtype in (torch.bfloat16, torch.float32):
+            y = self._forward_int8(x, norm, act_start, res)
         else:
-            weight = self.qweight.to(x.dtype) * self.scale_act[:, None]
-            y = F.linear(x, weight)
-        if self.bias is not None:
-            y += self.bias
+            y = self._forward_dequantized(x, norm, act_start, res)
         return y.view(*shape[:-1], self.out_features)
+
+    def _forward_int8(self, x, norm, act_start, residual):
+        if norm is None:
+            xq, row_scales = cpu_ops.quantize_rows(x)
+        else:
+            xq, row_scales = cpu_ops.quantize_rows(x, norm.weight, norm.bias, norm.eps)
+        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, ZERO_POINT, self.packed, self.scale,
+                                               self.zero_points, None, 1.0, 0, x.dtype, "none", [], "")
+        return cpu_ops.dequantize_rows(y, row_scales, self.bias, residual, act_start)
+
+    def _forward_dequantized(self, x, norm, act_start, residual):
+        h = x if norm is None else norm(x)
+        weight = self.qweight.to(h.dtype) * self.scale.to(h.dtype)[:, None]
+        y = F.linear(h, weight, None if self.bias is None else self.bias.to(h.dtype))
+        if act_start is not None:
+            y[:, act_start:] = F.gelu(y[:, act_start:], approximate="tanh")
+        return y if residual is None else y.add_(residual)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
 def quantize_linears(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear whose weight is not shared with an embedding by an Int8Linear."""
-    embeddings = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    """Replace every nn.Linear by an Int8Linear; a module with a `quantize()` method (a block that
+    merges projections) does its own first. A linear tied to an embedding gets an int8 copy."""
+    for module in list(model.modules()):
+        if hasattr(module, "quantize"):
+            module.quantize()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.data_ptr() not in embeddings:
-                setattr(parent, name, Int8Linear(child))
+            if type(child) is nn.Linear:
+                setattr(parent, name, Int8Linear.from_linear(child))
     return model

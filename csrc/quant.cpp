@@ -1,0 +1,144 @@
+// The two halves around the int8 GEMM of dtype="int8" (oneDNN u8 x s8 -> bf16, see
+// engine/models/quant.py): per-row activation quantisation, optionally fused with the layer norm
+// that feeds the GEMM, and the dequantising epilogue fused with bias, gelu and the residual add.
+//
+// quantize_rows, for each row m of x [num_rows, dim] (row stride x_stride, dense last dim):
+//     v = (x[m] - mean) / sqrt(var + eps) * gamma + beta    when gamma != 0 (fp32 statistics)
+//     v = x[m]                                              otherwise
+//     scales[m] = max|v| / 127,  xq[m, k] = round(v[k] / scales[m]) + 128     (uint8, zero point 128)
+//   xq is contiguous [num_rows, dim]. A row of zeros gets scale 0 and quantises to 128.
+// dequantize_rows, in place on y [num_rows, dim] (row stride y_stride, dense last dim), the GEMM
+// output w_scale[n] * sum_k (xq[m, k] - 128) * wq[n, k]:
+//     v = y[m, n] * scales[m] + bias[n]                     (bias optional)
+//     v = gelu_tanh(v)                                      for n >= act_start
+//     y[m, n] = v + residual[m, n]                          (residual optional, row stride res_stride)
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "ops.h"
+
+namespace codeinfer {
+namespace {
+
+// Steps below this many elements stay on one thread: waking the other costs more than the work.
+constexpr int64_t kParallelElems = int64_t{1} << 15;
+
+// Round to nearest even for |x| < 2^22 without a libm call (adding 1.5 * 2^23 drops the fraction).
+inline float round_even(float x) { return (x + 12582912.0f) - 12582912.0f; }
+
+// GPT-2's tanh gelu; tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) <= 1, branch-free.
+inline float gelu_tanh(float v) {
+  const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+  const float e = exp_neg(-2.0f * std::fabs(u));
+  const float t = (1.0f - e) / (1.0f + e);
+  return 0.5f * v * (1.0f + (u < 0.0f ? -t : t));
+}
+
+template <typename T>
+void quantize_row(const T* x, float* buf, const T* gamma, const T* beta, float eps, int64_t dim,
+                  uint8_t* out, float* scale_out) {
+  load_row(x, buf, dim);
+  if (gamma != nullptr) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < dim; ++i) sum += buf[i];
+    const float mean = sum / static_cast<float>(dim);
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t i = 0; i < dim; ++i) sq += (buf[i] - mean) * (buf[i] - mean);
+    const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(dim) + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i)
+      buf[i] = (buf[i] - mean) * rstd * to_float(gamma[i]) + (beta ? to_float(beta[i]) : 0.0f);
+  }
+  float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+  for (int64_t i = 0; i < dim; ++i) amax = amax > std::fabs(buf[i]) ? amax : std::fabs(buf[i]);
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) {
+    float q = round_even(buf[i] * inv);  // ternaries, not std::min/max: those do not vectorise
+    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+    out[i] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
+  }
+  *scale_out = amax / 127.0f;
+}
+
+template <typename T>
+void quantize_rows_impl(const QuantizeArgs& a) {
+  const T* x = reinterpret_cast<const T*>(a.x);
+  const T* gamma = reinterpret_cast<const T*>(a.gamma);
+  const T* beta = reinterpret_cast<const T*>(a.beta);
+  uint8_t* out = reinterpret_cast<uint8_t*>(a.out);
+  float* scales = reinterpret_cast<float*>(a.scales);
+#pragma omp parallel if (a.num_rows * a.dim > kParallelElems)
+  {
+    std::vector<float> buf(a.dim);  // the row in fp32, per thread
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.num_rows; ++m)
+      quantize_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, a.dim, out + m * a.dim,
+                   scales + m);
+  }
+}
+
+template <typename T>
+void dequantize_row(T* y, float scale, const T* bias, const T* residual, int64_t dim,
+                    int64_t act_start, float* buf) {
+  load_row(y, buf, dim);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) buf[i] = buf[i] * scale + (bias ? to_float(bias[i]) : 0.0f);
+#pragma omp simd
+  for (int64_t i = act_start; i < dim; ++i) buf[i] = gelu_tanh(buf[i]);
+  if (residual != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i) buf[i] += to_float(residual[i]);
+  }
+  store_row(buf, y, dim);
+}
+
+template <typename T>
+void dequantize_rows_impl(const DequantizeArgs& a) {
+  T* y = reinterpret_cast<T*>(a.y);
+  const T* bias = reinterpret_cast<const T*>(a.bias);
+  const T* residual = reinterpret_cast<const T*>(a.residual);
+  const float* scales = reinterpret_cast<const float*>(a.scales);
+  const int64_t act_start = std::min(std::max(a.act_start, int64_t{0}), a.dim);
+#pragma omp parallel if (a.num_rows * a.dim > kParallelElems)
+  {
+    std::vector<float> buf(a.dim);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.num_rows; ++m)
+      dequantize_row(y + m * a.y_stride, scales[m], bias,
+                     residual ? residual + m * a.res_stride : nullptr, a.dim, act_start, buf.data());
+  }
+}
+
+}  // namespace
+
+void quantize_rows(const QuantizeArgs& args, const std::string& dtype) {
+  if (args.num_rows < 0 || args.dim <= 0 || args.x_stride < args.dim)
+    throw std::invalid_argument("quantize_rows: bad sizes");
+  switch (parse_dtype(dtype)) {
+    case DType::kFloat32: quantize_rows_impl<float>(args); break;
+    case DType::kBFloat16: quantize_rows_impl<bf16>(args); break;
+  }
+}
+
+void dequantize_rows(const DequantizeArgs& args, const std::string& dtype) {
+  if (args.num_rows < 0 || args.dim <= 0 || args.y_stride < args.dim ||
+      (args.residual && args.res_stride < args.dim))
+    throw std::invalid_argument("dequantize_rows: bad sizes");
+  switch (parse_dtype(dtype)) {
+    case DType::kFloat32: dequantize_rows_impl<float>(args); break;
+    case DType::kBFloat16: dequantize_rows_impl<bf16>(args); break;
+  }
+}
+
+}  // namespace codeinfer

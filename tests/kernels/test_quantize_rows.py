@@ -1,0 +1,79 @@
+"""quantize_rows / dequantize_rows (C++, the CPU int8 path) against the torch reference, on odd
+shapes, strided rows and both dtypes. Quantized values may differ by one step where a value sits
+on a rounding tie (the C++ code may fuse the multiply into the rounding add)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernel_helpers import assert_close
+from kernels import reference
+
+SHAPES = [(1, 7), (5, 96), (33, 1024), (300, 130)]
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _strided(rows, dim, dtype, scale=3.0):
+    """[rows, dim] view with a row stride larger than dim (a slice of a wider tensor)."""
+    return (torch.randn(rows, dim + 5) * scale)[:, 2:dim + 2].to(dtype)
+
+
+@pytest.mark.parametrize("norm", ["none", "layernorm", "layernorm_no_beta"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows,dim", SHAPES)
+def test_quantize_rows(rows, dim, dtype, norm, cpu_ops):
+    x = _strided(rows, dim, dtype)
+    x[0] = 0  # a row of zeros: scale 0, every value at the zero point
+    args = ()
+    if norm != "none":
+        args = (torch.randn(dim).to(dtype), None if norm.endswith("no_beta") else torch.randn(dim).to(dtype))
+    xq, scales = cpu_ops.quantize_rows(x, *args)
+    ref_q, ref_scales = reference.quantize_rows(x, *args)
+    assert xq.dtype == torch.uint8 and xq.shape == (rows, dim) and xq.is_contiguous()
+    diff = (xq.int() - ref_q.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, f"{int((diff > 0).sum())} values differ"
+    assert_close(scales, ref_scales, "scales")
+    if norm == "none":
+        assert scales[0] == 0 and (xq[0] == 128).all()
+    assert ((xq.int() - 128).abs() <= 127).all()
+    # Dequantizing gives back the (normalised) input within half a step per row.
+    v = x.float() if norm == "none" else torch.nn.functional.layer_norm(
+        x.float(), (dim,), args[0].float(), None if args[1] is None else args[1].float())
+    err = ((xq.float() - 128) * scales[:, None] - v).abs()
+    assert (err <= scales[:, None] * 0.5 + 1e-6 + v.abs() * 1e-6).all()
+
+
+@pytest.mark.parametrize("act_start", [None, 0, "half"])
+@pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (True, True), (False, True)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows,dim", SHAPES)
+def test_dequantize_rows(rows, dim, dtype, bias, residual, act_start, cpu_ops):
+    y = _strided(rows, dim, dtype)
+    scales = torch.rand(rows) * 2
+    kwargs = dict(bias=torch.randn(dim).to(dtype) if bias else None,
+                  residual=_strided(rows, dim, dtype) if residual else None,
+                  act_start=dim // 2 if act_start == "half" else act_start)
+    expected = reference.dequantize_rows(y.clone(), scales, **kwargs)
+    actual = y.clone()
+    out = cpu_ops.dequantize_rows(actual, scales, **kwargs)
+    assert out.data_ptr() == actual.data_ptr()  # in place
+    assert_close(actual, expected)
+
+
+def test_quantize_rejects_bad_inputs(cpu_ops):
+    x = torch.randn(4, 16)
+    with pytest.raises(TypeError, match="x"):
+        cpu_ops.quantize_rows(x.double())
+    with pytest.raises(ValueError, match="x"):
+        cpu_ops.quantize_rows(x.t())
+    with pytest.raises(ValueError, match="gamma"):
+        cpu_ops.quantize_rows(x, torch.randn(15))
+    with pytest.raises(ValueError, match="beta"):
+        cpu_ops.quantize_rows(x, None, torch.randn(16))
+    y = torch.randn(4, 16)
+    with pytest.raises(ValueError, match="scales"):
+        cpu_ops.dequantize_rows(y, torch.rand(3))
+    with pytest.raises(ValueError, match="bias"):
+        cpu_ops.dequantize_rows(y, torch.rand(4), bias=torch.randn(16).bfloat16())
+    with pytest.raises(ValueError, match="residual"):
+        cpu_ops.dequantize_rows(y, torch.rand(4), residual=torch.randn(4, 15))
