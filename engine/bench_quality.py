@@ -40,8 +40,7 @@ def next_token_argmax(engine, ids: list[int], chunk: int = 0) -> torch.Tensor:
             seq_lens=torch.tensor([end], dtype=torch.int32),
             cu_seqlens_q=torch.tensor([0, end - start], dtype=torch.int32))
         hidden = runner.model(ids_t[start:end], torch.zeros_like(positions), runner.remap, meta)
-        logits = runner.model.compute_logits(hidden).float()
-        out.append(logits.masked_fill_(runner.logits_mask, float("-inf")).argmax(-1))
+        out.append(runner.logits(hidden).argmax(-1))
     return torch.cat(out)
 
 

@@ -59,6 +59,7 @@ class ModelRunner:
         if self.quant:
             quantize_linears(self.model)
         # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
+        self.sample_vocab_size = sample_vocab_size
         self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)
         self.logits_mask[sample_vocab_size:] = True
         self.remap = torch.arange(config.vocab_size, device=device)  # identity: plain lookup
@@ -127,6 +128,13 @@ class ModelRunner:
         hidden = self.model(ids, mods, self.remap, meta)
         if not rows:
             return [], None
-        logits = self.model.compute_logits(hidden[rows]).float()
-        logits.masked_fill_(self.logits_mask.to(logits.device), float("-inf"))
-        return seqs, sample(logits.cpu(), seqs)
+        return seqs, sample(self.logits(hidden[rows]).cpu(), seqs)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[rows, hidden] final hidden states -> [rows, sample_vocab_size] fp32 logits, ids that are
+        never sampled (CodeCLM's text twins) at -inf; the padding rows beyond the tokenizer are cut."""
+        logits = self.model.compute_logits(hidden)[:, :self.sample_vocab_size].float()
+        mask = self.logits_mask[:self.sample_vocab_size]
+        if mask.any():
+            logits.masked_fill_(mask.to(logits.device), float("-inf"))
+        return logits

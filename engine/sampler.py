@@ -51,10 +51,11 @@ def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
     """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf)."""
-    raw_logprobs = logits.log_softmax(dim=-1)
-    logits = logits.clone()
-    _apply_penalties(logits, seqs)
     params = [s.request.params for s in seqs]
+    raw_logits = logits
+    if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in params):
+        logits = logits.clone()
+        _apply_penalties(logits, seqs)
     greedy = [p.greedy for p in params]
     token_ids = logits.argmax(dim=-1).tolist()
     rows = [i for i, g in enumerate(greedy) if not g]
@@ -66,7 +67,9 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         probs = sub.softmax(dim=-1)
         for j, i in enumerate(rows):
             token_ids[i] = int(torch.multinomial(probs[j], 1, generator=seqs[i].generator))
-    chosen = raw_logprobs.gather(1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
+    # log_softmax of the raw logits; materialised only for rows that ask for top logprobs.
+    log_norm = raw_logits.logsumexp(dim=-1)  # [rows]
+    chosen = (raw_logits.gather(1, torch.tensor(token_ids)[:, None])[:, 0] - log_norm).tolist()
     top: list[dict[int, float] | None] = []
     for i, p in enumerate(params):
         if p.logprobs is None:
@@ -74,7 +77,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
             continue
         entry = {token_ids[i]: chosen[i]}
         if p.logprobs > 0:
-            vals, ids = raw_logprobs[i].topk(p.logprobs)
-            entry.update(zip(ids.tolist(), vals.tolist()))
+            vals, ids = raw_logits[i].topk(p.logprobs)
+            entry.update(zip(ids.tolist(), (vals - log_norm[i]).tolist()))
         top.append(entry)
     return SampleResult(token_ids, chosen, top)

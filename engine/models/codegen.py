@@ -110,7 +110,8 @@ class CodeGenForCausalLM(nn.Module):
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, None, meta.positions)
         for layer in self.layers:
             x = layer(x, meta, self.cos_sin)
-        return self.ln_f(x)
+        return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        """[rows, hidden] (the residual stream of forward) -> logits of ln_f then lm_head."""
+        return project(self.lm_head, hidden, norm=self.ln_f)

@@ -9,7 +9,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
-from engine.models.layers import MLP, SelfAttention
+from engine.models.layers import MLP, SelfAttention, project
 
 
 class GPTNeoBlock(nn.Module):
@@ -77,12 +77,14 @@ class GPTNeoForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, modality: [num_tokens] -> hidden states [num_tokens, hidden]."""
+        """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden] (ln_f is applied
+        by compute_logits, on the rows that are sampled only)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, self.wpe.weight,
                                      meta.positions)
         for layer in self.layers:
             x = layer(x, meta)
-        return self.ln_f(x)
+        return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        """[rows, hidden] (the residual stream of forward) -> logits of ln_f then lm_head."""
+        return project(self.lm_head, hidden, norm=self.ln_f)
