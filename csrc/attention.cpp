@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -250,6 +251,93 @@ inline void decode_block_group(const float* q, const TC* k, const TC* v, int64_t
         _mm512_storeu_ps(ag + 16 * c, _mm512_fmadd_ps(pj, load16(vj + 16 * c), _mm512_loadu_ps(ag + 16 * c)));
     }
 }
+
+#if defined(__AVX512BF16__)
+// tile_update for bf16 q and cache, head_dim a multiple of 32 (prefill). The block's keys are
+// transposed once into bf16 pairs, kt[pair][key], so each query row scores all 16 keys with one
+// vdpbf16ps per pair of dims (a broadcast q pair against 16 keys; bf16 products are exact in fp32)
+// and no horizontal sums; values are widened to fp32 once per block. q: the tile's first row of this
+// head (rows q_stride_t apart), unscaled; other arguments as in tile_update.
+template <int64_t kDim>
+void tile_update_bf16(const bf16* q, int64_t q_stride_t, float scale, const bf16* k, const bf16* v, int64_t stride,
+                      int64_t n, int64_t key0, int64_t pos0, int64_t num_rows, int64_t window, float* m, float* l,
+                      float* acc, int64_t state_stride) {
+  constexpr int64_t P = kDim / 2, C = kDim / 16;
+  alignas(64) uint32_t kt[P * 16];
+  alignas(64) float vf[16 * kDim];
+  alignas(64) float pr[16];
+  // kt[p][j] = 32-bit word p of key j: one gather per pair (keys >= n read as 0).
+  const __m512i key_words = _mm512_mullo_epi32(
+      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(static_cast<int>(stride / 2)));
+  const __mmask16 keys = static_cast<__mmask16>((1u << n) - 1u);
+  for (int64_t p = 0; p < P; ++p)
+    _mm512_store_si512(kt + p * 16, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keys, key_words,
+                                                                reinterpret_cast<const int*>(k) + p, 4));
+  for (int64_t j = 0; j < n; ++j) load_row(v + j * stride, vf + j * kDim, kDim);
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  // kRows rows at a time: their dot-product, softmax and value chains are independent, which keeps
+  // the FMA units busy (one row alone is latency-bound), and each value vector serves kRows rows.
+  constexpr int64_t kRows = kDim <= 64 ? 8 : (kDim <= 128 ? 4 : 2);  // av: kRows * kDim / 16 registers
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kRows) {
+    int64_t j_lo[kRows], j_hi[kRows];
+    const uint32_t* qr[kRows];
+    for (int64_t i = 0; i < kRows; ++i) {
+      const int64_t r = std::min(r0 + i, num_rows - 1), pos = pos0 + r;  // padding rows: never stored
+      // Visible keys j of row r: key0 + j <= pos, inside the window, j < n.
+      j_hi[i] = r0 + i < num_rows ? std::min<int64_t>(n, pos - key0 + 1) : 0;
+      j_lo[i] = window > 0 ? std::clamp<int64_t>(pos - window + 1 - key0, 0, n) : 0;
+      j_hi[i] = std::max(j_hi[i], j_lo[i]);  // [j_lo, j_hi) within [0, n], maybe empty
+      qr[i] = reinterpret_cast<const uint32_t*>(q + r * q_stride_t);
+    }
+    __m512 d[kRows][2];
+    for (int64_t i = 0; i < kRows; ++i) d[i][0] = d[i][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < P; ++p) {
+      const __m512bh kp = (__m512bh)_mm512_load_si512(kt + p * 16);
+      for (int64_t i = 0; i < kRows; ++i)
+        d[i][p % 2] = _mm512_dpbf16_ps(d[i][p % 2], (__m512bh)_mm512_set1_epi32(static_cast<int>(qr[i][p])), kp);
+    }
+    alignas(64) float pr[kRows][16];
+    float alpha[kRows];
+    int64_t j_min = 16, j_max = 0;
+    for (int64_t i = 0; i < kRows; ++i) {
+      const __mmask16 vis = _mm512_cmplt_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(j_hi[i]))) &
+                            _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(j_lo[i])));
+      const __m512 sc = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), vis, _mm512_add_ps(d[i][0], d[i][1]),
+                                           _mm512_set1_ps(scale));
+      const int64_t r = std::min(r0 + i, num_rows - 1);
+      const float m_old = m[r * state_stride];
+      const float m_new = std::max(m_old, _mm512_reduce_max_ps(sc));
+      const float m_safe = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: state stays 0
+      alpha[i] = exp_neg(m_old - m_safe);  // 0 on the row's first visible block (m = -inf)
+      const __m512 pv = exp_neg16(_mm512_sub_ps(sc, _mm512_set1_ps(m_safe)));  // invisible: exp(-inf) = 0
+      _mm512_store_ps(pr[i], pv);
+      if (r0 + i < num_rows) {
+        l[r * state_stride] = l[r * state_stride] * alpha[i] + _mm512_reduce_add_ps(pv);
+        m[r * state_stride] = m_new;
+        j_min = std::min(j_min, j_lo[i]);
+        j_max = std::max(j_max, j_hi[i]);
+      }
+    }
+    __m512 av[kRows][C];
+    for (int64_t i = 0; i < kRows; ++i) {
+      const float* ar = acc + std::min(r0 + i, num_rows - 1) * state_stride * kDim;
+      for (int64_t c = 0; c < C; ++c) av[i][c] = _mm512_mul_ps(_mm512_loadu_ps(ar + 16 * c), _mm512_set1_ps(alpha[i]));
+    }
+    for (int64_t j = j_min; j < j_max; ++j) {  // p = 0 outside a row's own visible range
+      __m512 vj[C];
+      for (int64_t c = 0; c < C; ++c) vj[c] = _mm512_load_ps(vf + j * kDim + 16 * c);
+      for (int64_t i = 0; i < kRows; ++i) {
+        const __m512 pj = _mm512_set1_ps(pr[i][j]);
+        for (int64_t c = 0; c < C; ++c) av[i][c] = _mm512_fmadd_ps(pj, vj[c], av[i][c]);
+      }
+    }
+    for (int64_t i = 0; i < kRows && r0 + i < num_rows; ++i) {
+      float* ar = acc + (r0 + i) * state_stride * kDim;
+      for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(ar + 16 * c, av[i][c]);
+    }
+  }
+}
+#endif
 #endif
 
 // Prefetches rows [kv_lo, kv_hi) (elements within a slot) of every slot of one cache block.
@@ -288,15 +376,21 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   s.m.assign(num_state, -INFINITY);
   s.l.assign(num_state, 0.0f);
   s.scores.resize(bs);
-  for (int64_t r = 0; r < num_rows; ++r)
+  const bool tiled = num_rows > 1;
+#if defined(__AVX512BF16__)
+  // bf16 prefill tiles read q straight from its rows (tile_update_bf16): no fp32 copies.
+  constexpr bool kBf16Tiles = std::is_same_v<TQ, bf16> && std::is_same_v<TC, bf16> && kDim > 0 && kDim % 32 == 0;
+#else
+  constexpr bool kBf16Tiles = false;
+#endif
+  for (int64_t r = 0; r < num_rows && !(kBf16Tiles && tiled); ++r)
     for (int64_t g = 0; g < num_group; ++g) {
       float* qs = s.q.data() + (r * num_group + g) * dim;
       load_row(q + (w.row0 + r) * a.q_stride_t + (w.h0 + g) * a.q_stride_h, qs, dim);
       for (int64_t d = 0; d < dim; ++d) qs[d] *= a.scale;
     }
   const int64_t kv_lo_g = w.h0 / heads_per_kv * dim, kv_hi_g = ((w.h1 - 1) / heads_per_kv + 1) * dim;
-  const bool tiled = num_rows > 1;
-  if (tiled) {  // qt[(g * dim + d) * kQueryTile + r] = q row r, head g, dim d; padding rows are 0
+  if (tiled && !kBf16Tiles) {  // qt[(g * dim + d) * kQueryTile + r] = q row r, head g, dim d; padding rows are 0
     s.qt.assign(num_group * dim * kQueryTile, 0.0f);
     s.scores.resize(bs * kQueryTile);
     for (int64_t r = 0; r < num_rows; ++r)
@@ -343,6 +437,18 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       const int64_t head_base = block_base + (j0 - blk * bs) * slot_stride + (w.h0 + g) / heads_per_kv * dim;
       const TC* k = k_cache + head_base;
       const TC* v = v_cache + head_base;
+#if defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<TQ, bf16> && std::is_same_v<TC, bf16> && kDim > 0 && kDim % 32 == 0) {
+        if (tiled) {  // 16 keys at a time (blocks may hold more)
+          for (int64_t c0 = j0; c0 < j1; c0 += 16)
+            tile_update_bf16<kDim>(q + w.row0 * a.q_stride_t + (w.h0 + g) * a.q_stride_h, a.q_stride_t, a.scale,
+                                   k + (c0 - j0) * slot_stride, v + (c0 - j0) * slot_stride, slot_stride,
+                                   std::min<int64_t>(16, j1 - c0), c0, pos0, num_rows, a.window, s.m.data() + g,
+                                   s.l.data() + g, s.acc.data() + g * dim, num_group);
+          continue;
+        }
+      }
+#endif
       if (tiled) {
         tile_update<TC, kDim>(s.qt.data() + g * dim * kQueryTile, k, v, slot_stride, j1 - j0, dim, j0, pos0,
                               num_rows, a.window, s.m.data() + g, s.l.data() + g, s.acc.data() + g * dim,

@@ -18,6 +18,10 @@ CPU_CASES = [
     ("gqa", [(97, 97), (40, 1), (33, 20)], 16, 4, 2, 128, 0, None),
     ("small_window", [(97, 97), (300, 1), (300, 30)], 16, 2, 2, 64, 16, 1.0),
     ("tiny_window", [(40, 40), (23, 1), (30, 9)], 8, 2, 2, 32, 5, 1.0),  # window < query tile
+    # head_dim 64 / 128 take the bf16 vdpbf16ps paths: blocks of 32 keys, windows inside a tile
+    ("prefill_block32", [(97, 97), (45, 20), (300, 1)], 32, 2, 2, 64, 0, None),
+    ("tiny_window_64", [(40, 40), (23, 1), (30, 9)], 8, 3, 3, 64, 5, 1.0),
+    ("window_128", [(300, 300), (260, 17)], 16, 2, 1, 128, 256, None),
 ]
 # The interpreter runs every program in Python: short sequences, few heads, small windows.
 TRITON_CASES = [
