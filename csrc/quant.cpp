@@ -28,7 +28,7 @@ namespace codeinfer {
 namespace {
 
 // Steps below this many elements stay on one thread: waking the other costs more than the work.
-constexpr int64_t kParallelElems = int64_t{1} << 15;
+constexpr int64_t kParallelElems = int64_t{1} << 13;
 
 // Round to nearest even for |x| < 2^22 without a libm call (adding 1.5 * 2^23 drops the fraction).
 inline float round_even(float x) { return (x + 12582912.0f) - 12582912.0f; }
