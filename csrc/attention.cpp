@@ -39,6 +39,28 @@ struct WorkItem {
   int64_t seq, row0, row1, h0, h1;  // query rows [row0, row1) of sequence seq, heads [h0, h1)
 };
 
+// Per-row scales of an int8 cache. The row of (slot s, kv head h) starts at element
+// s * slot_stride + h * head_dim of its cache, and its scale is scale[s * num_kv_heads + h], i.e.
+// scale[(row - cache) / head_dim]. For float caches every scale is 1 (folded away at compile time).
+struct CacheScales {
+  const void *k_cache = nullptr, *v_cache = nullptr;
+  const float *k_scale = nullptr, *v_scale = nullptr;
+  int64_t head_dim = 1;
+  // kDim > 0: the head dim as a compile-time constant, so the division is a multiply and shift.
+  template <int64_t kDim, typename TC>
+  float k(const TC* row) const {
+    if constexpr (std::is_same_v<TC, int8_t>)
+      return k_scale[(row - static_cast<const TC*>(k_cache)) / (kDim > 0 ? kDim : head_dim)];
+    return 1.0f;
+  }
+  template <int64_t kDim, typename TC>
+  float v(const TC* row) const {
+    if constexpr (std::is_same_v<TC, int8_t>)
+      return v_scale[(row - static_cast<const TC*>(v_cache)) / (kDim > 0 ? kDim : head_dim)];
+    return 1.0f;
+  }
+};
+
 // Per-thread buffers; state index i = row_in_tile * num_heads_in_group + head_in_group.
 struct Scratch {
   std::vector<float> q, qt, acc, m, l, scores;
@@ -72,11 +94,11 @@ inline void accumulate_pv(const float* p, int64_t p_stride, const TC* v, int64_t
 // the running max m, sum l and output acc.
 template <typename TC, int64_t kDim>
 inline void softmax_update(const float* q, const TC* k, const TC* v, int64_t stride, int64_t n,
-                           int64_t head_dim, float& m, float& l, float* acc, float* scores) {
+                           int64_t head_dim, float& m, float& l, float* acc, float* scores, const CacheScales& cs) {
   const int64_t dim = kDim > 0 ? kDim : head_dim;  // a constant lets the compiler unroll the rows
   float block_max = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
-    const float dot = dot_row(q, k + j * stride, dim);
+    const float dot = dot_row(q, k + j * stride, dim) * cs.template k<kDim>(k + j * stride);
     scores[j] = dot;
     block_max = std::max(block_max, dot);
   }
@@ -90,6 +112,7 @@ inline void softmax_update(const float* q, const TC* k, const TC* v, int64_t str
   }
   l = l * alpha + sum;
   m = m_new;
+  for (int64_t j = 0; j < n; ++j) scores[j] *= cs.template v<kDim>(v + j * stride);
   accumulate_pv<TC, kDim>(scores, 1, v, stride, n, dim, alpha, acc);
 }
 
@@ -101,7 +124,7 @@ inline void softmax_update(const float* q, const TC* k, const TC* v, int64_t str
 template <typename TC, int64_t kDim>
 void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int64_t n, int64_t head_dim,
                  int64_t key0, int64_t pos0, int64_t num_rows, int64_t window, float* m, float* l, float* acc,
-                 int64_t state_stride, float* scores) {
+                 int64_t state_stride, float* scores, const CacheScales& cs) {
   constexpr int64_t T = kQueryTile;
   const int64_t dim = kDim > 0 ? kDim : head_dim;
   float m_new[T], m_safe[T], alpha[T], sum[T];
@@ -115,10 +138,11 @@ void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int6
       for (int64_t r = 0; r < T; ++r) dot[r] += qt[d * T + r] * kd;
     }
     const int64_t key = key0 + j;
+    const float key_scale = cs.template k<kDim>(kj);
 #pragma omp simd
     for (int64_t r = 0; r < T; ++r) {
       const bool visible = key <= pos0 + r && (window == 0 || key > pos0 + r - window);
-      scores[j * T + r] = visible ? dot[r] : -INFINITY;
+      scores[j * T + r] = visible ? dot[r] * key_scale : -INFINITY;
       m_new[r] = std::max(m_new[r], scores[j * T + r]);
     }
   }
@@ -135,6 +159,11 @@ void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int6
       sum[r] += scores[j * T + r];
     }
   }
+  for (int64_t j = 0; j < n; ++j) {  // int8 cache: fold each value row's scale into its weights
+    const float value_scale = cs.template v<kDim>(v + j * stride);
+#pragma omp simd
+    for (int64_t r = 0; r < T; ++r) scores[j * T + r] *= value_scale;
+  }
   for (int64_t r = 0; r < num_rows; ++r) {
     l[r * state_stride] = l[r * state_stride] * alpha[r] + sum[r];
     m[r * state_stride] = m_new[r];
@@ -147,6 +176,9 @@ void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int6
 // head scored with 16-wide fp32 FMAs (bf16 widened by a shift in registers), exp over the block's
 // scores as one vector, values accumulated into register-resident output lanes.
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
 inline __m512 load16(const bf16* p) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
@@ -176,7 +208,7 @@ inline __m512 exp_neg16(__m512 x) {  // exp_neg, 16 lanes
 // vectors. Updates running max m, sum l and acc (kDim floats).
 template <typename TC, int64_t kDim>
 inline void decode_block(const __m512* qv, const TC* k, const TC* v, int64_t stride, int64_t n, float& m,
-                         float& l, float* acc) {
+                         float& l, float* acc, const CacheScales& cs) {
   constexpr int64_t C = kDim / 16;
   alignas(64) float sc[16];
   for (int64_t j = 0; j < n; ++j) {
@@ -188,7 +220,7 @@ inline void decode_block(const __m512* qv, const TC* k, const TC* v, int64_t str
       d1 = _mm512_fmadd_ps(qv[c + 1], load16(kj + 16 * c + 16), d1);
     }
     if (C > 2 && C % 2) d0 = _mm512_fmadd_ps(qv[C - 1], load16(kj + 16 * (C - 1)), d0);
-    sc[j] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+    sc[j] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1)) * cs.template k<kDim>(kj);
   }
   const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
   const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask, sc);
@@ -202,8 +234,8 @@ inline void decode_block(const __m512* qv, const TC* k, const TC* v, int64_t str
   const __m512 al = _mm512_set1_ps(alpha);
   for (int64_t c = 0; c < C; ++c) av[c] = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * c), al);
   for (int64_t j = 0; j < n; ++j) {
-    const __m512 pj = _mm512_set1_ps(sc[j]);
     const TC* vj = v + j * stride;
+    const __m512 pj = _mm512_set1_ps(sc[j] * cs.template v<kDim>(vj));
     for (int64_t c = 0; c < C; ++c) av[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c), av[c]);
   }
   for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(acc + 16 * c, av[c]);
@@ -214,7 +246,8 @@ inline void decode_block(const __m512* qv, const TC* k, const TC* v, int64_t str
 // head; q: num_group rows of kDim (scaled); row(j, g) = offset of key j, head g from k / v.
 template <typename TC, int64_t kDim>
 inline void decode_block_group(const float* q, const TC* k, const TC* v, int64_t stride, const int64_t* head_off,
-                               int64_t num_group, int64_t n, float* m, float* l, float* acc, float* sc) {
+                               int64_t num_group, int64_t n, float* m, float* l, float* acc, float* sc,
+                               const CacheScales& cs) {
   constexpr int64_t C = kDim / 16;
   for (int64_t j = 0; j < n; ++j)
     for (int64_t g = 0; g < num_group; ++g) {
@@ -227,7 +260,7 @@ inline void decode_block_group(const float* q, const TC* k, const TC* v, int64_t
         d1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c + 16), load16(kj + 16 * c + 16), d1);
       }
       if (C > 2 && C % 2) d0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * (C - 1)), load16(kj + 16 * (C - 1)), d0);
-      sc[g * 16 + j] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+      sc[g * 16 + j] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1)) * cs.template k<kDim>(kj);
     }
   const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
   for (int64_t g = 0; g < num_group; ++g) {
@@ -244,8 +277,8 @@ inline void decode_block_group(const float* q, const TC* k, const TC* v, int64_t
   }
   for (int64_t j = 0; j < n; ++j)
     for (int64_t g = 0; g < num_group; ++g) {
-      const __m512 pj = _mm512_set1_ps(sc[g * 16 + j]);
       const TC* vj = v + j * stride + head_off[g];
+      const __m512 pj = _mm512_set1_ps(sc[g * 16 + j] * cs.template v<kDim>(vj));
       float* ag = acc + g * kDim;
       for (int64_t c = 0; c < C; ++c)
         _mm512_storeu_ps(ag + 16 * c, _mm512_fmadd_ps(pj, load16(vj + 16 * c), _mm512_loadu_ps(ag + 16 * c)));
@@ -253,27 +286,48 @@ inline void decode_block_group(const float* q, const TC* k, const TC* v, int64_t
 }
 
 #if defined(__AVX512BF16__)
-// tile_update for bf16 q and cache, head_dim a multiple of 32 (prefill). The block's keys are
-// transposed once into bf16 pairs, kt[pair][key], so each query row scores all 16 keys with one
-// vdpbf16ps per pair of dims (a broadcast q pair against 16 keys; bf16 products are exact in fp32)
-// and no horizontal sums; values are widened to fp32 once per block. q: the tile's first row of this
-// head (rows q_stride_t apart), unscaled; other arguments as in tile_update.
-template <int64_t kDim>
-void tile_update_bf16(const bf16* q, int64_t q_stride_t, float scale, const bf16* k, const bf16* v, int64_t stride,
+// tile_update for bf16 q, a bf16 or int8 cache, head_dim a multiple of 32 (prefill). The block's keys
+// are transposed once into bf16 pairs, kt[pair][key] (int8 keys widened to bf16 first, exactly), so
+// each query row scores all 16 keys with one vdpbf16ps per pair of dims (a broadcast q pair against
+// 16 keys; bf16 products are exact in fp32) and no horizontal sums; values are widened to fp32 once
+// per block (int8 rows times their scales, int8 key scales multiply the scores). q: the tile's first
+// row of this head (rows q_stride_t apart), unscaled; other arguments as in tile_update.
+template <typename TC, int64_t kDim>
+void tile_update_bf16(const bf16* q, int64_t q_stride_t, float scale, const TC* k, const TC* v, int64_t stride,
                       int64_t n, int64_t key0, int64_t pos0, int64_t num_rows, int64_t window, float* m, float* l,
-                      float* acc, int64_t state_stride) {
+                      float* acc, int64_t state_stride, const CacheScales& cs) {
   constexpr int64_t P = kDim / 2, C = kDim / 16;
   alignas(64) uint32_t kt[P * 16];
   alignas(64) float vf[16 * kDim];
-  alignas(64) float pr[16];
+  alignas(64) float key_scale[16];
+  const bf16* kb = nullptr;  // the 16 keys in bf16, row j at kb + j * kb_stride
+  int64_t kb_stride = stride;
+  alignas(64) bf16 widened[std::is_same_v<TC, int8_t> ? 16 * kDim : 1];
+  if constexpr (std::is_same_v<TC, int8_t>) {
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t c = 0; c < C; ++c) {  // int8 -> fp32 -> bf16, exact for |x| <= 127
+        const __m512 x = load16(k + j * stride + 16 * c);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(widened + j * kDim + 16 * c), (__m256i)_mm512_cvtneps_pbh(x));
+      }
+      key_scale[j] = cs.template k<kDim>(k + j * stride) * scale;
+      const float vs = cs.template v<kDim>(v + j * stride);
+      for (int64_t c = 0; c < C; ++c) _mm512_store_ps(vf + j * kDim + 16 * c, _mm512_mul_ps(load16(v + j * stride + 16 * c), _mm512_set1_ps(vs)));
+    }
+    for (int64_t j = n; j < 16; ++j) key_scale[j] = 0.0f;
+    kb = widened, kb_stride = kDim;
+  } else {
+    for (int64_t j = 0; j < 16; ++j) key_scale[j] = scale;
+    for (int64_t j = 0; j < n; ++j) load_row(v + j * stride, vf + j * kDim, kDim);
+    kb = k;
+  }
   // kt[p][j] = 32-bit word p of key j: one gather per pair (keys >= n read as 0).
   const __m512i key_words = _mm512_mullo_epi32(
-      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(static_cast<int>(stride / 2)));
+      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(static_cast<int>(kb_stride / 2)));
   const __mmask16 keys = static_cast<__mmask16>((1u << n) - 1u);
   for (int64_t p = 0; p < P; ++p)
     _mm512_store_si512(kt + p * 16, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keys, key_words,
-                                                                reinterpret_cast<const int*>(k) + p, 4));
-  for (int64_t j = 0; j < n; ++j) load_row(v + j * stride, vf + j * kDim, kDim);
+                                                                reinterpret_cast<const int*>(kb) + p, 4));
+  const __m512 scales = _mm512_load_ps(key_scale);
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   // kRows rows at a time: their dot-product, softmax and value chains are independent, which keeps
   // the FMA units busy (one row alone is latency-bound), and each value vector serves kRows rows.
@@ -302,8 +356,7 @@ void tile_update_bf16(const bf16* q, int64_t q_stride_t, float scale, const bf16
     for (int64_t i = 0; i < kRows; ++i) {
       const __mmask16 vis = _mm512_cmplt_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(j_hi[i]))) &
                             _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(j_lo[i])));
-      const __m512 sc = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), vis, _mm512_add_ps(d[i][0], d[i][1]),
-                                           _mm512_set1_ps(scale));
+      const __m512 sc = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), vis, _mm512_add_ps(d[i][0], d[i][1]), scales);
       const int64_t r = std::min(r0 + i, num_rows - 1);
       const float m_old = m[r * state_stride];
       const float m_new = std::max(m_old, _mm512_reduce_max_ps(sc));
@@ -366,6 +419,9 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   const int64_t num_rows = w.row1 - w.row0, num_group = w.h1 - w.h0, num_state = num_rows * num_group;
   const int64_t heads_per_kv = a.num_heads / a.num_kv_heads;
   const int64_t slot_stride = a.num_kv_heads * dim;  // elements between consecutive tokens of a block
+  CacheScales cs;
+  cs.k_cache = k_cache, cs.v_cache = v_cache, cs.head_dim = dim;
+  cs.k_scale = reinterpret_cast<const float*>(a.k_scale), cs.v_scale = reinterpret_cast<const float*>(a.v_scale);
   // Position of the tile's first row, and the key range [key_lo, key_hi) any of its rows can see.
   const int64_t pos0 = seq_lens[w.seq] - (cu[w.seq + 1] - cu[w.seq]) + (w.row0 - cu[w.seq]);
   const int64_t key_hi = pos0 + num_rows;
@@ -379,7 +435,8 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   const bool tiled = num_rows > 1;
 #if defined(__AVX512BF16__)
   // bf16 prefill tiles read q straight from its rows (tile_update_bf16): no fp32 copies.
-  constexpr bool kBf16Tiles = std::is_same_v<TQ, bf16> && std::is_same_v<TC, bf16> && kDim > 0 && kDim % 32 == 0;
+  constexpr bool kBf16Tiles = std::is_same_v<TQ, bf16> && (std::is_same_v<TC, bf16> || std::is_same_v<TC, int8_t>) &&
+                               kDim > 0 && kDim % 32 == 0;
 #else
   constexpr bool kBf16Tiles = false;
 #endif
@@ -416,7 +473,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
             const int64_t off = block_base + (c0 - blk * bs) * slot_stride;
             decode_block_group<TC, kDim>(s.q.data(), k_cache + off, v_cache + off, slot_stride, head_off, num_group,
                                          std::min<int64_t>(16, j1 - c0), s.m.data(), s.l.data(), s.acc.data(),
-                                         s.scores.data());
+                                         s.scores.data(), cs);
           }
         }
         goto finish;
@@ -438,13 +495,13 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       const TC* k = k_cache + head_base;
       const TC* v = v_cache + head_base;
 #if defined(__AVX512BF16__)
-      if constexpr (std::is_same_v<TQ, bf16> && std::is_same_v<TC, bf16> && kDim > 0 && kDim % 32 == 0) {
+      if constexpr (kBf16Tiles) {
         if (tiled) {  // 16 keys at a time (blocks may hold more)
           for (int64_t c0 = j0; c0 < j1; c0 += 16)
-            tile_update_bf16<kDim>(q + w.row0 * a.q_stride_t + (w.h0 + g) * a.q_stride_h, a.q_stride_t, a.scale,
+            tile_update_bf16<TC, kDim>(q + w.row0 * a.q_stride_t + (w.h0 + g) * a.q_stride_h, a.q_stride_t, a.scale,
                                    k + (c0 - j0) * slot_stride, v + (c0 - j0) * slot_stride, slot_stride,
                                    std::min<int64_t>(16, j1 - c0), c0, pos0, num_rows, a.window, s.m.data() + g,
-                                   s.l.data() + g, s.acc.data() + g * dim, num_group);
+                                   s.l.data() + g, s.acc.data() + g * dim, num_group, cs);
           continue;
         }
       }
@@ -452,7 +509,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       if (tiled) {
         tile_update<TC, kDim>(s.qt.data() + g * dim * kQueryTile, k, v, slot_stride, j1 - j0, dim, j0, pos0,
                               num_rows, a.window, s.m.data() + g, s.l.data() + g, s.acc.data() + g * dim,
-                              num_group, s.scores.data());
+                              num_group, s.scores.data(), cs);
         continue;
       }
 #if defined(__AVX512F__)
@@ -465,7 +522,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
           for (int64_t c = 0; c < kDim / 16; ++c) qv[c] = _mm512_loadu_ps(s.q.data() + g * dim + 16 * c);
           for (int64_t c0 = lo; c0 < hi; c0 += 16)  // blocks larger than 16 go 16 keys at a time
             decode_block<TC, kDim>(qv, k + (c0 - j0) * slot_stride, v + (c0 - j0) * slot_stride, slot_stride,
-                                   std::min<int64_t>(16, hi - c0), s.m[g], s.l[g], s.acc.data() + g * dim);
+                                   std::min<int64_t>(16, hi - c0), s.m[g], s.l[g], s.acc.data() + g * dim, cs);
           continue;
         }
       }
@@ -478,7 +535,7 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
         if (lo >= hi) continue;
         const int64_t i = r * num_group + g;
         softmax_update<TC, kDim>(s.q.data() + i * dim, k + (lo - j0) * slot_stride, v + (lo - j0) * slot_stride, slot_stride,
-                       hi - lo, dim, s.m[i], s.l[i], s.acc.data() + i * dim, s.scores.data());
+                       hi - lo, dim, s.m[i], s.l[i], s.acc.data() + i * dim, s.scores.data(), cs);
       }
     }
   }
@@ -559,7 +616,14 @@ void paged_attention(const AttentionArgs& a, const std::string& dtype, const std
   int64_t work = 0;  // ~ (query row, key) pairs x heads x dim, to skip threads for tiny steps
   const std::vector<WorkItem> items = plan(a, work);
   const bool parallel = work > (int64_t{1} << 15);  // below ~3 us of work, waking threads costs more
-  const DType t = parse_dtype(dtype), c = parse_dtype(cache_dtype);
+  const DType t = parse_dtype(dtype);
+  if (cache_dtype == "int8") {  // int8 cache, one fp32 scale per (slot, kv head)
+    if (a.k_scale == 0 || a.v_scale == 0) throw std::invalid_argument("an int8 cache needs k_scale and v_scale");
+    if (t == DType::kFloat32) paged_attention_impl<float, int8_t>(a, items, parallel);
+    if (t == DType::kBFloat16) paged_attention_impl<bf16, int8_t>(a, items, parallel);
+    return;
+  }
+  const DType c = parse_dtype(cache_dtype);
   if (t == DType::kFloat32 && c == DType::kFloat32) paged_attention_impl<float, float>(a, items, parallel);
   if (t == DType::kFloat32 && c == DType::kBFloat16) paged_attention_impl<float, bf16>(a, items, parallel);
   if (t == DType::kBFloat16 && c == DType::kFloat32) paged_attention_impl<bf16, float>(a, items, parallel);

@@ -21,7 +21,7 @@ PYBIND11_MODULE(_cpu, m) {
       .def(py::init<>())
 #define FIELD(name) .def_readwrite(#name, &RotaryArgs::name)
       FIELD(q) FIELD(k) FIELD(v) FIELD(positions) FIELD(cos_sin) FIELD(k_cache) FIELD(v_cache)
-      FIELD(slot_mapping) FIELD(num_tokens) FIELD(num_heads) FIELD(num_kv_heads) FIELD(head_dim)
+      FIELD(slot_mapping) FIELD(k_scale) FIELD(v_scale) FIELD(num_tokens) FIELD(num_heads) FIELD(num_kv_heads) FIELD(head_dim)
       FIELD(rotary_dim) FIELD(max_positions) FIELD(num_blocks) FIELD(block_size) FIELD(q_stride_t)
       FIELD(q_stride_h) FIELD(k_stride_t) FIELD(k_stride_h) FIELD(v_stride_t) FIELD(v_stride_h)
       FIELD(interleaved);
@@ -33,7 +33,7 @@ PYBIND11_MODULE(_cpu, m) {
       .def(py::init<>())
 #define FIELD(name) .def_readwrite(#name, &AttentionArgs::name)
       FIELD(q) FIELD(k_cache) FIELD(v_cache) FIELD(block_tables) FIELD(seq_lens) FIELD(cu_seqlens_q)
-      FIELD(out) FIELD(num_tokens) FIELD(num_seqs) FIELD(num_heads) FIELD(num_kv_heads)
+      FIELD(out) FIELD(k_scale) FIELD(v_scale) FIELD(num_tokens) FIELD(num_seqs) FIELD(num_heads) FIELD(num_kv_heads)
       FIELD(head_dim) FIELD(num_blocks) FIELD(block_size) FIELD(max_blocks_per_seq)
       FIELD(q_stride_t) FIELD(q_stride_h) FIELD(scale) FIELD(window);
 #undef FIELD

@@ -21,6 +21,7 @@ struct bf16 {
 };
 
 inline float to_float(float x) { return x; }
+inline float to_float(int8_t x) { return static_cast<float>(x); }  // int8 KV cache (scaled per row)
 inline float to_float(bf16 x) {  // bf16 is the top half of an fp32; a bit cast vectorises in loops
   return __builtin_bit_cast(float, static_cast<uint32_t>(x.bits) << 16);
 }

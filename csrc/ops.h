@@ -12,8 +12,10 @@ void gated_embedding(uintptr_t ids, uintptr_t modality, uintptr_t remap, uintptr
                      int64_t hidden, int64_t vocab, int64_t max_positions, const std::string& dtype);
 
 // Operands of rotary_store_kv (see csrc/rotary.cpp for the layouts). Strides are in elements.
+// int8 caches: k_scale / v_scale hold one fp32 scale per (slot, kv head); 0 for float caches.
 struct RotaryArgs {
   uintptr_t q = 0, k = 0, v = 0, positions = 0, cos_sin = 0, k_cache = 0, v_cache = 0, slot_mapping = 0;
+  uintptr_t k_scale = 0, v_scale = 0;
   int64_t num_tokens = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t rotary_dim = 0, max_positions = 0, num_blocks = 0, block_size = 0;
   int64_t q_stride_t = 0, q_stride_h = 0, k_stride_t = 0, k_stride_h = 0, v_stride_t = 0, v_stride_h = 0;
@@ -25,6 +27,7 @@ void rotary_store_kv(const RotaryArgs& args, const std::string& dtype, const std
 // Operands of paged_attention (see csrc/attention.cpp for the layouts). Strides are in elements.
 struct AttentionArgs {
   uintptr_t q = 0, k_cache = 0, v_cache = 0, block_tables = 0, seq_lens = 0, cu_seqlens_q = 0, out = 0;
+  uintptr_t k_scale = 0, v_scale = 0;
   int64_t num_tokens = 0, num_seqs = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t num_blocks = 0, block_size = 0, max_blocks_per_seq = 0;
   int64_t q_stride_t = 0, q_stride_h = 0;

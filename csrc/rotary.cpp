@@ -9,6 +9,7 @@
 //                     slot s lives at row s of the flattened [num_blocks * block_size, kv_heads, dim]
 #include <omp.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -47,6 +48,21 @@ void rotate_head(T* x, const float* cos, const float* sin, int64_t rotary_dim, b
   store_row(rot, x, rotary_dim);
 }
 
+// dst = round(x / scale) with scale = max|x| / 127 (0 for a row of zeros); returns the scale.
+inline float quantize_row_int8(const float* x, int8_t* dst, int64_t n) {
+  float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+  for (int64_t i = 0; i < n; ++i) amax = amax > std::fabs(x[i]) ? amax : std::fabs(x[i]);
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float q = (x[i] * inv + 12582912.0f) - 12582912.0f;  // round to nearest even, |q| <= 127
+    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+    dst[i] = static_cast<int8_t>(q);
+  }
+  return amax / 127.0f;
+}
+
 template <typename T, typename C>
 void rotary_store_kv_impl(const RotaryArgs& a) {
   T* q = reinterpret_cast<T*>(a.q);
@@ -76,19 +92,30 @@ void rotary_store_kv_impl(const RotaryArgs& a) {
     }
     const int64_t slot = slots[t];
     if (slot < 0) continue;
-    if constexpr (std::is_same_v<T, C>) {  // same dtype: the stored rows are plain copies
+    if constexpr (std::is_same_v<C, int8_t>) {  // int8 cache: symmetric per (slot, kv head) row
+      float* k_scale = reinterpret_cast<float*>(a.k_scale);
+      float* v_scale = reinterpret_cast<float*>(a.v_scale);
+      for (int64_t h = 0; h < a.num_kv_heads; ++h) {
+        load_row(k + t * a.k_stride_t + h * a.k_stride_h, buf, dim);  // the rotated k, rounded to T
+        k_scale[slot * a.num_kv_heads + h] = quantize_row_int8(buf, k_cache + slot * slot_stride + h * dim, dim);
+        load_row(v + t * a.v_stride_t + h * a.v_stride_h, buf, dim);
+        v_scale[slot * a.num_kv_heads + h] = quantize_row_int8(buf, v_cache + slot * slot_stride + h * dim, dim);
+      }
+      continue;
+    } else if constexpr (std::is_same_v<T, C>) {  // same dtype: the stored rows are plain copies
       for (int64_t h = 0; h < a.num_kv_heads; ++h) {
         std::memcpy(k_cache + slot * slot_stride + h * dim, k + t * a.k_stride_t + h * a.k_stride_h, dim * sizeof(T));
         std::memcpy(v_cache + slot * slot_stride + h * dim, v + t * a.v_stride_t + h * a.v_stride_h, dim * sizeof(T));
       }
       continue;
-    }
-    for (int64_t h = 0; h < a.num_kv_heads; ++h) {
-      // Stored k is the rotated k already rounded to T, exactly as the reference stores it.
-      load_row(k + t * a.k_stride_t + h * a.k_stride_h, buf, dim);
-      store_row(buf, k_cache + slot * slot_stride + h * dim, dim);
-      load_row(v + t * a.v_stride_t + h * a.v_stride_h, buf, dim);
-      store_row(buf, v_cache + slot * slot_stride + h * dim, dim);
+    } else {
+      for (int64_t h = 0; h < a.num_kv_heads; ++h) {
+        // Stored k is the rotated k already rounded to T, exactly as the reference stores it.
+        load_row(k + t * a.k_stride_t + h * a.k_stride_h, buf, dim);
+        store_row(buf, k_cache + slot * slot_stride + h * dim, dim);
+        load_row(v + t * a.v_stride_t + h * a.v_stride_h, buf, dim);
+        store_row(buf, v_cache + slot * slot_stride + h * dim, dim);
+      }
     }
   }
 }
@@ -114,7 +141,14 @@ void rotary_store_kv(const RotaryArgs& a, const std::string& dtype, const std::s
   if (a.head_dim > 512 || a.rotary_dim > a.head_dim || a.rotary_dim % 2 != 0)
     throw std::invalid_argument("rotary_dim must be even and <= head_dim <= 512");
   check_indices(a);
-  const DType t = parse_dtype(dtype), c = parse_dtype(cache_dtype);
+  const DType t = parse_dtype(dtype);
+  if (cache_dtype == "int8") {
+    if (a.k_scale == 0 || a.v_scale == 0) throw std::invalid_argument("an int8 cache needs k_scale and v_scale");
+    if (t == DType::kFloat32) rotary_store_kv_impl<float, int8_t>(a);
+    if (t == DType::kBFloat16) rotary_store_kv_impl<bf16, int8_t>(a);
+    return;
+  }
+  const DType c = parse_dtype(cache_dtype);
   if (t == DType::kFloat32 && c == DType::kFloat32) rotary_store_kv_impl<float, float>(a);
   if (t == DType::kFloat32 && c == DType::kBFloat16) rotary_store_kv_impl<float, bf16>(a);
   if (t == DType::kBFloat16 && c == DType::kFloat32) rotary_store_kv_impl<bf16, float>(a);

@@ -40,12 +40,16 @@ class PagedAttention(nn.Module):
         self.rotary_dim, self.interleaved = rotary_dim, interleaved
         self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, num_heads, head_dim]
         self.v_cache: torch.Tensor | None = None
+        self.k_scale: torch.Tensor | None = None  # int8 cache: [num_blocks, block_size, num_heads]
+        self.v_scale: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
                 cos_sin: torch.Tensor | None) -> torch.Tensor:
         # q, k, v: [num_tokens, num_heads, head_dim], dense last dim (views of the fused qkv are
         # fine), rotated in place.
+        scales = {} if self.k_scale is None else {"k_scale": self.k_scale, "v_scale": self.v_scale}
         self.ops.rotary_store_kv(q, k, v, meta.positions, cos_sin, self.rotary_dim,
-                                 self.interleaved, self.k_cache, self.v_cache, meta.slot_mapping)
+                                 self.interleaved, self.k_cache, self.v_cache, meta.slot_mapping, **scales)
         return self.ops.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables,
-                                        meta.seq_lens, meta.cu_seqlens_q, self.scale, self.window)
+                                        meta.seq_lens, meta.cu_seqlens_q, self.scale, self.window,
+                                        **scales)

@@ -58,6 +58,8 @@ def run_codeinfer(model: str, engine_kwargs: dict, prompts: PromptSets, max_toke
     result["decode_s"] = result["full_end"] - first_token_at[2]
     result["weight_bytes"] = model_weight_bytes(engine.runner.model)
     result["dtype"] = str(engine.runner.quant or engine.dtype).replace("torch.", "")
+    if engine.runner.kv_dtype == torch.int8:
+        result["dtype"] += " + int8 KV"
     return result
 
 

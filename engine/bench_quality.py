@@ -45,9 +45,10 @@ def next_token_argmax(engine, ids: list[int], chunk: int = 0) -> torch.Tensor:
 
 
 def agreement(model: str | None, dtypes: list[str], num: int = 8, length: int = 256,
-              chunk: int = 0) -> dict:
+              chunk: int = 0, kv_cache_dtype: str = "auto") -> dict:
     """{dtype: fraction of positions whose argmax equals fp32's} over the fixed prompts; the
-    compared dtypes prefill in chunks of `chunk` tokens (0: whole prompts)."""
+    compared dtypes prefill in chunks of `chunk` tokens (0: whole prompts) with a KV cache of
+    kv_cache_dtype (the fp32 reference keeps an fp32 cache)."""
     from engine.llm_engine import LLMEngine
 
     kv_blocks = -(-length // 16) + 1
@@ -57,7 +58,7 @@ def agreement(model: str | None, dtypes: list[str], num: int = 8, length: int = 
     del ref
     result = {}
     for dtype in dtypes:
-        eng = LLMEngine(model=model, dtype=dtype, num_kv_blocks=kv_blocks)
+        eng = LLMEngine(model=model, dtype=dtype, num_kv_blocks=kv_blocks, kv_cache_dtype=kv_cache_dtype)
         same = sum(int((next_token_argmax(eng, p, chunk) == e).sum())
                    for p, e in zip(prompts, expected))
         result[dtype] = same / sum(len(p) for p in prompts)

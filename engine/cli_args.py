@@ -12,6 +12,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
                    help="weight/activation dtype (auto = bfloat16; int8 = int8 linear weights, "
                         "bfloat16 activations)")
+    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8"],
+                   help="KV-cache element type (auto = the activation dtype; int8 = int8 rows with "
+                        "a scale each: half the memory and bandwidth of bf16, CPU kernels only)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "cpu", "triton"],
                    help="kernels: torch reference, C++ CPU, or Triton (auto: triton on CUDA, cpu on CPU)")
@@ -29,4 +32,5 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 attention_backend=args.attention_backend, block_size=args.block_size,
                 num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens,
-                enable_prefix_caching=not args.no_prefix_caching, seed=args.seed)
+                enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
+                kv_cache_dtype=args.kv_cache_dtype)

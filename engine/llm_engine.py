@@ -52,7 +52,7 @@ class LLMEngine:
                  attention_backend: str = "auto", block_size: int = 16,
                  num_kv_blocks: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, kv_cache_dtype: str = "auto"):
         for name, value, low in (("block_size", block_size, 1), ("max_num_seqs", max_num_seqs, 1),
                                  ("max_num_batched_tokens", max_num_batched_tokens, 1)):
             if not isinstance(value, int) or value < low:
@@ -67,7 +67,8 @@ class LLMEngine:
         self.dtype = resolve_dtype(dtype, self.device)
         self.runner = ModelRunner(self.config, model_dir, self.dtype, self.device, attention_backend,
                                   block_size, num_kv_blocks, max_num_seqs,
-                                  sample_vocab_size=min(len(self.tokenizer), self.config.vocab_size))
+                                  sample_vocab_size=min(len(self.tokenizer), self.config.vocab_size),
+                                  kv_cache_dtype=kv_cache_dtype)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.requests: dict[str, Request] = {}

@@ -46,10 +46,23 @@ def select_ops(name: str, device: torch.device):
     raise ValueError(f"attention_backend must be 'auto', 'torch', 'cpu' or 'triton', got {name!r}")
 
 
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, ops) -> torch.dtype:
+    """KV-cache element type: "auto" = the activation dtype, "int8" = int8 rows with fp32 scales."""
+    if name == "auto":
+        return dtype
+    if name != "int8":
+        raise ValueError(f"kv_cache_dtype must be 'auto' or 'int8', got {name!r}")
+    if ops.__name__ == "kernels.triton":
+        raise ValueError("kv_cache_dtype 'int8' runs on the CPU kernels (attention_backend 'cpu' or "
+                         "'torch'), not on Triton")
+    return torch.int8
+
+
 class ModelRunner:
     def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
                  device: torch.device, attention_backend: str, block_size: int,
-                 num_kv_blocks: int | None, max_num_seqs: int, sample_vocab_size: int):
+                 num_kv_blocks: int | None, max_num_seqs: int, sample_vocab_size: int,
+                 kv_cache_dtype: str = "auto"):
         # dtype int8: int8 linear weights, everything else (activations, KV cache) in bfloat16.
         self.quant = "int8" if dtype == torch.int8 else None
         dtype = torch.bfloat16 if self.quant else dtype
@@ -63,17 +76,24 @@ class ModelRunner:
         self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)
         self.logits_mask[sample_vocab_size:] = True
         self.remap = torch.arange(config.vocab_size, device=device)  # identity: plain lookup
+        # kv_cache_dtype "int8": symmetric int8 rows, one fp32 scale per (slot, head) (C++ kernels).
+        self.kv_dtype = resolve_kv_cache_dtype(kv_cache_dtype, dtype, self.ops)
         self.num_kv_blocks = num_kv_blocks or self._kv_blocks_from_budget(max_num_seqs)
         # [num_layers, 2, num_blocks, block_size, num_heads, head_dim]; layer l reads kv[l, 0/1].
-        self.kv_cache = torch.empty(config.num_layers, 2, self.num_kv_blocks, block_size,
-                                    config.num_heads, config.head_dim, dtype=dtype, device=device)
+        shape = (config.num_layers, 2, self.num_kv_blocks, block_size, config.num_heads)
+        self.kv_cache = torch.empty(*shape, config.head_dim, dtype=self.kv_dtype, device=device)
+        # [num_layers, 2, num_blocks, block_size, num_heads] row scales of an int8 cache, else None.
+        self.kv_scale = torch.empty(shape, device=device) if self.kv_dtype == torch.int8 else None
         for i, layer in enumerate(self.model.layers):
-            layer.attn.attn.k_cache = self.kv_cache[i, 0]
-            layer.attn.attn.v_cache = self.kv_cache[i, 1]
+            attn = layer.attn.attn
+            attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
+            if self.kv_scale is not None:
+                attn.k_scale, attn.v_scale = self.kv_scale[i, 0], self.kv_scale[i, 1]
 
     def block_bytes(self) -> int:
         c = self.config
-        return 2 * c.num_layers * self.block_size * c.hidden_size * self.dtype.itemsize
+        row = c.head_dim * self.kv_dtype.itemsize + (4 if self.kv_dtype == torch.int8 else 0)
+        return 2 * c.num_layers * self.block_size * c.num_heads * row
 
     def _kv_blocks_from_budget(self, max_num_seqs: int) -> int:
         if self.device.type == "cuda":
@@ -124,6 +144,8 @@ class ModelRunner:
         """Run one step; returns (sequences that sampled, their samples) in row order."""
         for src, dst in sched.block_copies:  # copy-on-write of blocks shared by forked samples
             self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
+            if self.kv_scale is not None:
+                self.kv_scale[:, :, dst] = self.kv_scale[:, :, src]
         ids, mods, meta, rows, seqs = self._prepare(sched)
         hidden = self.model(ids, mods, self.remap, meta)
         if not rows:

@@ -87,3 +87,18 @@ def check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens
     check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
     if window < 0:
         raise ValueError(f"window: must be >= 0, got {window}")
+
+
+def check_cache_scales(k_cache, v_cache, k_scale, v_scale) -> None:
+    """An int8 cache comes with fp32 scales, one per (block, slot, kv head), contiguous
+    [num_blocks, block_size, num_kv_heads]; a float cache takes none."""
+    if k_cache.dtype != torch.int8:
+        if k_scale is not None or v_scale is not None:
+            raise ValueError(f"k_scale, v_scale: only an int8 cache has scales, the cache is {k_cache.dtype}")
+        return
+    for name, t in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if t is None:
+            raise ValueError(f"{name}: an int8 cache needs its per-row scales")
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.device != k_cache.device:
+            raise TypeError(f"{name}: expected a contiguous float32 tensor on {k_cache.device}")
+        check_shape(t, name, tuple(k_cache.shape[:3]))

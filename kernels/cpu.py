@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 
 from kernels import _cpu
-from kernels._checks import (check_attention_args, check_device, check_embedding_shapes,
-                             check_rotary_args)
+from kernels._checks import (check_attention_args, check_cache_scales, check_device,
+                             check_embedding_shapes, check_rotary_args)
 
 _CPU = torch.device("cpu")
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+_CACHE_DTYPES = {**_DTYPES, torch.int8: "int8"}  # int8: per-row scales in k_scale / v_scale
 
 
 def _dtype_name(t: torch.Tensor, name: str) -> str:
@@ -53,20 +54,31 @@ def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tens
     return out
 
 
-def _cache_ok(k_cache: torch.Tensor, v_cache: torch.Tensor, head_dim: int) -> bool:
-    """True when check_device / check_cache (and head_dim) would pass for the caches: the cheap
-    per-call test of the common case, the full checks (with their errors) run only when it fails."""
-    return (k_cache.is_cpu and v_cache.is_cpu and k_cache.dim() == 4 and k_cache.shape[3] == head_dim
-            and k_cache.dtype in _DTYPES and v_cache.dtype == k_cache.dtype
-            and v_cache.shape == k_cache.shape and k_cache.is_contiguous() and v_cache.is_contiguous())
+def _cache_ok(k_cache: torch.Tensor, v_cache: torch.Tensor, head_dim: int, k_scale, v_scale) -> bool:
+    """True when check_device / check_cache / check_cache_scales (and head_dim) would pass for the
+    caches: the cheap per-call test of the common case, the full checks (with their errors) run
+    only when it fails."""
+    if not (k_cache.is_cpu and v_cache.is_cpu and k_cache.dim() == 4 and k_cache.shape[3] == head_dim
+            and k_cache.dtype in _CACHE_DTYPES and v_cache.dtype == k_cache.dtype
+            and v_cache.shape == k_cache.shape and k_cache.is_contiguous() and v_cache.is_contiguous()):
+        return False
+    if k_cache.dtype != torch.int8:
+        return k_scale is None and v_scale is None
+    return all(t is not None and t.is_cpu and t.dtype == torch.float32 and t.is_contiguous()
+               and t.shape == k_cache.shape[:3] for t in (k_scale, v_scale))
 
 
-def _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> bool:
+def _scale_ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping,
+                    k_scale, v_scale) -> bool:
     if not (q.is_cpu and k.is_cpu and v.is_cpu and q.dtype in _DTYPES and k.dtype == q.dtype
             and v.dtype == q.dtype and q.dim() == 3 and q.stride(2) == 1):
         return False
     num_tokens, _, head_dim = q.shape
-    if not _cache_ok(k_cache, v_cache, head_dim):
+    if not _cache_ok(k_cache, v_cache, head_dim, k_scale, v_scale):
         return False
     kv_shape = (num_tokens, k_cache.shape[2], head_dim)
     if k.shape != kv_shape or v.shape != kv_shape or positions.shape != (num_tokens,) \
@@ -80,12 +92,14 @@ def _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, s
 
 def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
-                    k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    slot_mapping: torch.Tensor) -> None:
+                    k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
     """See kernels.reference.rotary_store_kv. q, k, v may be strided views ([tokens, heads, dim]
-    with a dense last dim); they are rotated in place. Caches: contiguous, fp32 or bf16."""
-    if not _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping):
+    with a dense last dim); they are rotated in place. Caches: contiguous, fp32, bf16 or int8."""
+    if not _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping,
+                           k_scale, v_scale):
         _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
+        check_cache_scales(k_cache, v_cache, k_scale, v_scale)
     num_tokens, _, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     a = _cpu.RotaryArgs()
@@ -102,7 +116,8 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
     a.k_stride_t, a.k_stride_h = k.stride(0), k.stride(1)
     a.v_stride_t, a.v_stride_h = v.stride(0), v.stride(1)
-    _cpu.rotary_store_kv(a, _DTYPES[q.dtype], _DTYPES[k_cache.dtype])
+    a.k_scale, a.v_scale = _scale_ptr(k_scale), _scale_ptr(v_scale)
+    _cpu.rotary_store_kv(a, _DTYPES[q.dtype], _CACHE_DTYPES[k_cache.dtype])
 
 
 def _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> None:
@@ -110,20 +125,23 @@ def _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, sl
     check_device(_CPU, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache)
     _dtype_name(q, "q")
     check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
-    _dtype_name(k_cache, "k_cache")
+    if k_cache.dtype not in _CACHE_DTYPES:
+        raise TypeError(f"k_cache: the CPU kernels take float32, bfloat16 or int8 caches, got {k_cache.dtype}")
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """See kernels.reference.paged_attention. q may be a strided view with a dense last dim;
     returns a contiguous [num_tokens, num_heads, head_dim] tensor in q's dtype."""
     if not (q.is_cpu and q.dtype in _DTYPES and q.dim() == 3 and q.stride(2) == 1
-            and _cache_ok(k_cache, v_cache, q.shape[2]) and k_cache.shape[2] > 0
+            and _cache_ok(k_cache, v_cache, q.shape[2], k_scale, v_scale) and k_cache.shape[2] > 0
             and q.shape[1] % k_cache.shape[2] == 0 and block_tables.dim() == 2
             and seq_lens.shape == (block_tables.shape[0],)
             and cu_seqlens_q.shape == (block_tables.shape[0] + 1,) and window >= 0):
         _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
+        check_cache_scales(k_cache, v_cache, k_scale, v_scale)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     num_seqs = block_tables.shape[0]
@@ -138,7 +156,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     a.max_blocks_per_seq = block_tables.shape[1]
     a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
     a.scale, a.window = float(scale), int(window)
-    _cpu.paged_attention(a, _DTYPES[q.dtype], _DTYPES[k_cache.dtype])
+    a.k_scale, a.v_scale = _scale_ptr(k_scale), _scale_ptr(v_scale)
+    _cpu.paged_attention(a, _DTYPES[q.dtype], _CACHE_DTYPES[k_cache.dtype])
     return out
 
 
@@ -147,7 +166,8 @@ def _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
     check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache)
     _dtype_name(q, "q")
     check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
-    _dtype_name(k_cache, "k_cache")
+    if k_cache.dtype not in _CACHE_DTYPES:
+        raise TypeError(f"k_cache: the CPU kernels take float32, bfloat16 or int8 caches, got {k_cache.dtype}")
 
 
 def _check_rows_2d(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:

@@ -53,15 +53,32 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: i
     x[..., :rotary_dim] = out.to(x.dtype)
 
 
+def quantize_kv_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of an int8 KV cache: x [..., head_dim] -> (int8 [..., head_dim], fp32 scales [...]),
+    symmetric per row, x ~= q * scale[..., None]; a row of zeros gets scale 0."""
+    x = x.float()
+    amax = x.abs().amax(dim=-1)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return torch.round(x * inv[..., None]).clamp_(-127, 127).to(torch.int8), amax / 127.0
+
+
+def _cache_rows(cache: torch.Tensor, scale: torch.Tensor | None, blocks: torch.Tensor) -> torch.Tensor:
+    """cache[blocks] in fp32, int8 rows multiplied by their scales."""
+    rows = cache[blocks].float()
+    return rows if scale is None else rows * scale[blocks][..., None]
+
+
 def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
-                    k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    slot_mapping: torch.Tensor) -> None:
+                    k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
     """Rotate q and k in place on their first rotary_dim dims, then store k, v in the cache.
 
     q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim];
     positions, slot_mapping: [num_tokens] int64; cos_sin: [max_positions, rotary_dim] fp32
     (see rotary_cos_sin), unused when rotary_dim == 0; caches: [num_blocks, block_size, kv_heads, dim].
+    An int8 cache stores each (slot, kv head) row quantized (quantize_kv_rows), its scale in
+    k_scale / v_scale: [num_blocks, block_size, kv_heads] fp32.
     """
     if rotary_dim > 0:
         half = rotary_dim // 2
@@ -73,17 +90,23 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     slots = slot_mapping[keep]
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size
+    if k_cache.dtype == torch.int8:
+        k_cache[blocks, offsets], k_scale[blocks, offsets] = quantize_kv_rows(k[keep])
+        v_cache[blocks, offsets], v_scale[blocks, offsets] = quantize_kv_rows(v[keep])
+        return
     k_cache[blocks, offsets] = k[keep].to(k_cache.dtype)
     v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Varlen causal attention of new query rows over the paged cache (prefill chunks and decode).
 
     q: [num_tokens, num_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32;
     seq_lens: [num_seqs] int32; cu_seqlens_q: [num_seqs + 1] int32. Scores and softmax in fp32.
+    k_scale, v_scale: the row scales of an int8 cache (see rotary_store_kv).
     Returns [num_tokens, num_heads, head_dim] in q's dtype.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
@@ -94,8 +117,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         seq_len, q_len = int(seq_lens[b]), end - start
         num_blocks = (seq_len + block_size - 1) // block_size
         blocks = block_tables[b, :num_blocks].long()
-        k = k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].float()
-        v = v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].float()
+        k = _cache_rows(k_cache, k_scale, blocks).reshape(-1, num_kv_heads, head_dim)[:seq_len]
+        v = _cache_rows(v_cache, v_scale, blocks).reshape(-1, num_kv_heads, head_dim)[:seq_len]
         if num_kv_heads != num_heads:
             k = k.repeat_interleave(num_heads // num_kv_heads, dim=1)
             v = v.repeat_interleave(num_heads // num_kv_heads, dim=1)

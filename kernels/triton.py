@@ -18,6 +18,13 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _check_float_cache(k_cache: torch.Tensor, k_scale, v_scale) -> None:
+    """The Triton kernels read float caches only (int8 KV caches are a CPU mode)."""
+    if k_cache.dtype == torch.int8 or k_scale is not None or v_scale is not None:
+        raise ValueError("k_cache: int8 KV caches (kv_cache_dtype='int8') run on the CPU kernels only")
+    _check_dtype(k_cache, "k_cache")
+
+
 def _check_dtype(t: torch.Tensor, name: str) -> None:
     if t.dtype not in _DTYPES:
         raise TypeError(f"{name}: the Triton kernels take float32, bfloat16 or float16, got {t.dtype}")
@@ -156,8 +163,8 @@ def _rotary_store_kv_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, k_c
 
 def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
-                    k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    slot_mapping: torch.Tensor) -> None:
+                    k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
     """Rotate q and k in place on their first rotary_dim dims, then store k, v in the cache.
 
     q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim] (views with a
@@ -168,7 +175,7 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     """
     _check_dtype(q, "q")
     check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
-    _check_dtype(k_cache, "k_cache")
+    _check_float_cache(k_cache, k_scale, v_scale)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     if rotary_dim > 0:
@@ -261,7 +268,8 @@ def _paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, s
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+                    cu_seqlens_q: torch.Tensor, scale: float, window: int = 0,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Varlen causal attention of new query rows over the paged cache (prefill chunks and decode).
 
     q: [num_tokens, num_heads, head_dim] (a view with a dense last dim is fine); caches: contiguous
@@ -272,7 +280,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """
     _check_dtype(q, "q")
     check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
-    _check_dtype(k_cache, "k_cache")
+    _check_float_cache(k_cache, k_scale, v_scale)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, num_seqs = k_cache.shape[2], block_tables.shape[0]
     device = _device(q, "q")

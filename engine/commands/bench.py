@@ -70,9 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if args.quality:
         from engine.bench_quality import agreement
         dtypes = [d.strip() for d in args.quality.split(",")]
-        # Whole prompts, then 8- and 32-token chunks: each runs another int8 matmul path.
-        result["quality"] = {f"{dtype}, {label}": frac for chunk, label in QUALITY_CHUNKS
-                             for dtype, frac in agreement(model, dtypes, chunk=chunk).items()}
+        # Whole prompts, then 8- and 32-token chunks (chunked prefill reads its own keys back
+        # from the cache).
+        kv = args.kv_cache_dtype
+        suffix = "" if kv == "auto" else f" + {kv} KV cache"
+        result["quality"] = {f"{dtype}{suffix}, {label}": frac for chunk, label in QUALITY_CHUNKS
+                             for dtype, frac in agreement(model, dtypes, chunk=chunk,
+                                                          kv_cache_dtype=kv).items()}
     print()
     print(bench.format_table(result))
     for dtype, frac in result.get("quality", {}).items():
