@@ -86,6 +86,25 @@ inline float dot_row(const float* a, const T* b, int64_t n) {
   return lanes[0];
 }
 
+// Symmetric int8 quantisation of one fp32 row: dst[i] = round(x[i] / scale) + kOffset with
+// scale = max|x| / 127 (0 for a row of zeros, which quantises to kOffset); returns the scale.
+// Out = int8_t with kOffset 0 (KV cache rows) or uint8_t with kOffset 128 (GEMM activations).
+// Rounds to nearest even without libm (adding 1.5 * 2^23 drops the fraction) so the loops vectorise.
+template <typename Out, int kOffset>
+inline float quantize_row_int8(const float* x, Out* dst, int64_t n) {
+  float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+  for (int64_t i = 0; i < n; ++i) amax = amax > __builtin_fabsf(x[i]) ? amax : __builtin_fabsf(x[i]);
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float q = (x[i] * inv + 12582912.0f) - 12582912.0f;  // ternaries: std::min/max do not vectorise
+    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+    dst[i] = static_cast<Out>(static_cast<int32_t>(q) + kOffset);
+  }
+  return amax / 127.0f;
+}
+
 // exp(x) for x <= 0 (softmax arguments), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, a degree-6
 // polynomial for exp(r), 2^n built in the exponent bits. Relative error ~1e-7; exactly 0 below -87
 // (so exp(-inf) = 0 and masked keys contribute nothing). Inline and branch-free so it vectorises.

@@ -30,9 +30,6 @@ namespace {
 // Steps below this many elements stay on one thread: waking the other costs more than the work.
 constexpr int64_t kParallelElems = int64_t{1} << 13;
 
-// Round to nearest even for |x| < 2^22 without a libm call (adding 1.5 * 2^23 drops the fraction).
-inline float round_even(float x) { return (x + 12582912.0f) - 12582912.0f; }
-
 // GPT-2's tanh gelu; tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) <= 1, branch-free.
 inline float gelu_tanh(float v) {
   const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
@@ -58,17 +55,7 @@ void quantize_row(const T* x, float* buf, const T* gamma, const T* beta, float e
     for (int64_t i = 0; i < dim; ++i)
       buf[i] = (buf[i] - mean) * rstd * to_float(gamma[i]) + (beta ? to_float(beta[i]) : 0.0f);
   }
-  float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-  for (int64_t i = 0; i < dim; ++i) amax = amax > std::fabs(buf[i]) ? amax : std::fabs(buf[i]);
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-#pragma omp simd
-  for (int64_t i = 0; i < dim; ++i) {
-    float q = round_even(buf[i] * inv);  // ternaries, not std::min/max: those do not vectorise
-    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
-    out[i] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
-  }
-  *scale_out = amax / 127.0f;
+  *scale_out = quantize_row_int8<uint8_t, 128>(buf, out, dim);
 }
 
 template <typename T>

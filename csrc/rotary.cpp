@@ -9,7 +9,6 @@
 //                     slot s lives at row s of the flattened [num_blocks * block_size, kv_heads, dim]
 #include <omp.h>
 
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -48,21 +47,6 @@ void rotate_head(T* x, const float* cos, const float* sin, int64_t rotary_dim, b
   store_row(rot, x, rotary_dim);
 }
 
-// dst = round(x / scale) with scale = max|x| / 127 (0 for a row of zeros); returns the scale.
-inline float quantize_row_int8(const float* x, int8_t* dst, int64_t n) {
-  float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-  for (int64_t i = 0; i < n; ++i) amax = amax > std::fabs(x[i]) ? amax : std::fabs(x[i]);
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    float q = (x[i] * inv + 12582912.0f) - 12582912.0f;  // round to nearest even, |q| <= 127
-    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
-    dst[i] = static_cast<int8_t>(q);
-  }
-  return amax / 127.0f;
-}
-
 template <typename T, typename C>
 void rotary_store_kv_impl(const RotaryArgs& a) {
   T* q = reinterpret_cast<T*>(a.q);
@@ -97,9 +81,9 @@ void rotary_store_kv_impl(const RotaryArgs& a) {
       float* v_scale = reinterpret_cast<float*>(a.v_scale);
       for (int64_t h = 0; h < a.num_kv_heads; ++h) {
         load_row(k + t * a.k_stride_t + h * a.k_stride_h, buf, dim);  // the rotated k, rounded to T
-        k_scale[slot * a.num_kv_heads + h] = quantize_row_int8(buf, k_cache + slot * slot_stride + h * dim, dim);
+        k_scale[slot * a.num_kv_heads + h] = quantize_row_int8<int8_t, 0>(buf, k_cache + slot * slot_stride + h * dim, dim);
         load_row(v + t * a.v_stride_t + h * a.v_stride_h, buf, dim);
-        v_scale[slot * a.num_kv_heads + h] = quantize_row_int8(buf, v_cache + slot * slot_stride + h * dim, dim);
+        v_scale[slot * a.num_kv_heads + h] = quantize_row_int8<int8_t, 0>(buf, v_cache + slot * slot_stride + h * dim, dim);
       }
       continue;
     } else if constexpr (std::is_same_v<T, C>) {  // same dtype: the stored rows are plain copies
