@@ -84,3 +84,37 @@ def test_paged_attention_prefill(measure, length, dtype, provider):
     num_bytes = 2 * k_cache.numel() * k_cache.element_size() + 2 * q.numel() * q.element_size()
     measure("paged_attn_prefill", provider, f"{dtype} len={length}",
             lambda: op(q, k_cache, v_cache, tables, seq_lens, cu, 1.0, 0), num_bytes)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("context", [128, 512, 2048])
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_paged_attention_int8_cache(measure, batch, context, provider):
+    """kv_cache_dtype="int8": bf16 queries over int8 rows with one fp32 scale each."""
+    q, k_cache, v_cache, tables, seq_lens, cu = _paged_decode_inputs(batch, context, torch.bfloat16)
+    (k8, k_scale), (v8, v_scale) = reference.quantize_kv_rows(k_cache), reference.quantize_kv_rows(v_cache)
+    op = PROVIDERS[provider].paged_attention
+    num_bytes = 2 * (k8.numel() + 4 * k_scale.numel()) + 2 * q.numel() * q.element_size()
+    measure("paged_attention", provider, f"int8 cache b={batch} ctx={context}",
+            lambda: op(q, k8, v8, tables, seq_lens, cu, 1.0, 0, k_scale=k_scale, v_scale=v_scale), num_bytes)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("rows", [1, 32, 2048])
+def test_quantize_rows(measure, rows, provider):
+    """Layer norm + per-row int8 quantisation of a linear's bf16 input (dtype="int8")."""
+    x = torch.randn(rows, HIDDEN).to(torch.bfloat16)
+    gamma, beta = torch.randn(HIDDEN).to(torch.bfloat16), torch.randn(HIDDEN).to(torch.bfloat16)
+    op = PROVIDERS[provider].quantize_rows
+    measure("quantize_rows", provider, f"ln bf16 rows={rows}", lambda: op(x, gamma, beta), 3 * x.numel())
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("rows", [1, 32, 2048])
+def test_dequantize_rows(measure, rows, provider):
+    """int8 GEMM epilogue of fc_in: row scale + bias + gelu, in place on [rows, 4 * hidden] bf16."""
+    y = torch.randn(rows, 4 * HIDDEN).to(torch.bfloat16)
+    scales, bias = torch.rand(rows), torch.randn(4 * HIDDEN).to(torch.bfloat16)
+    op = PROVIDERS[provider].dequantize_rows
+    measure("dequantize_rows", provider, f"gelu bf16 rows={rows}", lambda: op(y, scales, bias, None, 0),
+            2 * y.numel() * y.element_size())
