@@ -4,6 +4,23 @@ from __future__ import annotations
 import argparse
 
 
+_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "kb": 1000, "mib": 1 << 20, "mb": 1000 ** 2, "gib": 1 << 30,
+          "gb": 1000 ** 3, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '512MiB', '1.5G', '1000000' -> bytes (k/m/g alone are binary units)."""
+    number = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2GiB, 512MiB, 1000000)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return int(value)
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument("--model", default=None,
@@ -20,7 +37,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="kernels: torch reference, C++ CPU, or Triton (auto: triton on CUDA, cpu on CPU)")
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     g.add_argument("--num-kv-blocks", type=int, default=None,
-                   help="KV-cache blocks (default: sized from a fraction of free memory)")
+                   help="KV-cache blocks (default: as many as --kv-cache-memory allows)")
+    g.add_argument("--kv-cache-memory", type=parse_bytes, default=None, metavar="SIZE",
+                   help="most memory the KV cache may take, e.g. 2GiB, 512MiB or bytes (default: 25%% "
+                        "of the available RAM on CPU, 85%% of free GPU memory)")
     g.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one step")
     g.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
     g.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
@@ -33,4 +53,4 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
-                kv_cache_dtype=args.kv_cache_dtype)
+                kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=args.kv_cache_memory)

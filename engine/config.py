@@ -10,6 +10,15 @@ SUPPORTED_ARCHITECTURES = ("GPTNeoForCausalLM", "CodeGenForCausalLM")
 
 
 @dataclass
+class CacheConfig:
+    """KV-cache options (LLM / LLMEngine arguments of the same names)."""
+    block_size: int = 16
+    num_kv_blocks: int | None = None           # None: as many as kv_cache_memory_bytes allows
+    kv_cache_dtype: str = "auto"               # "auto" (the activation dtype) | "int8"
+    kv_cache_memory_bytes: int | None = None   # cap on cache + scales; None: a fraction of free memory
+
+
+@dataclass
 class ModelConfig:
     architecture: str
     vocab_size: int

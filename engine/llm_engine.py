@@ -8,7 +8,7 @@ import torch
 
 from engine import codeclm
 from engine.block_manager import BlockManager
-from engine.config import load_config
+from engine.config import CacheConfig, load_config
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
@@ -52,23 +52,24 @@ class LLMEngine:
                  attention_backend: str = "auto", block_size: int = 16,
                  num_kv_blocks: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0, kv_cache_dtype: str = "auto"):
+                 seed: int = 0, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None):
         for name, value, low in (("block_size", block_size, 1), ("max_num_seqs", max_num_seqs, 1),
                                  ("max_num_batched_tokens", max_num_batched_tokens, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if num_kv_blocks is not None and (not isinstance(num_kv_blocks, int) or num_kv_blocks < 1):
-            raise ValueError(f"num_kv_blocks must be a positive integer or None, got {num_kv_blocks!r}")
+        for name, value in (("num_kv_blocks", num_kv_blocks), ("kv_cache_memory_bytes", kv_cache_memory_bytes)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         model_dir = Path(model) if model is not None else default_model_dir()
         self.config = load_config(model_dir)
         self.model_name = model_dir.resolve().name
         self.tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        cache = CacheConfig(block_size, num_kv_blocks, kv_cache_dtype, kv_cache_memory_bytes)
         self.runner = ModelRunner(self.config, model_dir, self.dtype, self.device, attention_backend,
-                                  block_size, num_kv_blocks, max_num_seqs,
-                                  sample_vocab_size=min(len(self.tokenizer), self.config.vocab_size),
-                                  kv_cache_dtype=kv_cache_dtype)
+                                  cache, max_num_seqs,
+                                  sample_vocab_size=min(len(self.tokenizer), self.config.vocab_size))
         self.block_manager = BlockManager(self.runner.num_kv_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.requests: dict[str, Request] = {}

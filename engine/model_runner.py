@@ -8,7 +8,7 @@ import psutil
 import torch
 
 from engine.attention import AttentionMetadata
-from engine.config import ModelConfig
+from engine.config import CacheConfig, ModelConfig
 from engine.models.quant import quantize_linears
 from engine.sampler import SampleResult, sample
 from engine.scheduler import SchedulerOutput
@@ -60,13 +60,12 @@ def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, ops) -> torch.dtype:
 
 class ModelRunner:
     def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
-                 device: torch.device, attention_backend: str, block_size: int,
-                 num_kv_blocks: int | None, max_num_seqs: int, sample_vocab_size: int,
-                 kv_cache_dtype: str = "auto"):
+                 device: torch.device, attention_backend: str, cache: CacheConfig,
+                 max_num_seqs: int, sample_vocab_size: int):
         # dtype int8: int8 linear weights, everything else (activations, KV cache) in bfloat16.
         self.quant = "int8" if dtype == torch.int8 else None
         dtype = torch.bfloat16 if self.quant else dtype
-        self.config, self.device, self.dtype, self.block_size = config, device, dtype, block_size
+        self.config, self.device, self.dtype, self.block_size = config, device, dtype, cache.block_size
         self.ops = select_ops(attention_backend, device)
         self.model = load_model(config, model_dir, self.ops, dtype, device)
         if self.quant:
@@ -77,10 +76,10 @@ class ModelRunner:
         self.logits_mask[sample_vocab_size:] = True
         self.remap = torch.arange(config.vocab_size, device=device)  # identity: plain lookup
         # kv_cache_dtype "int8": symmetric int8 rows, one fp32 scale per (slot, head) (C++ kernels).
-        self.kv_dtype = resolve_kv_cache_dtype(kv_cache_dtype, dtype, self.ops)
-        self.num_kv_blocks = num_kv_blocks or self._kv_blocks_from_budget(max_num_seqs)
+        self.kv_dtype = resolve_kv_cache_dtype(cache.kv_cache_dtype, dtype, self.ops)
+        self.num_kv_blocks = self._num_kv_blocks(cache, max_num_seqs)
         # [num_layers, 2, num_blocks, block_size, num_heads, head_dim]; layer l reads kv[l, 0/1].
-        shape = (config.num_layers, 2, self.num_kv_blocks, block_size, config.num_heads)
+        shape = (config.num_layers, 2, self.num_kv_blocks, cache.block_size, config.num_heads)
         self.kv_cache = torch.empty(*shape, config.head_dim, dtype=self.kv_dtype, device=device)
         # [num_layers, 2, num_blocks, block_size, num_heads] row scales of an int8 cache, else None.
         self.kv_scale = torch.empty(shape, device=device) if self.kv_dtype == torch.int8 else None
@@ -95,10 +94,19 @@ class ModelRunner:
         row = c.head_dim * self.kv_dtype.itemsize + (4 if self.kv_dtype == torch.int8 else 0)
         return 2 * c.num_layers * self.block_size * c.num_heads * row
 
-    def _kv_blocks_from_budget(self, max_num_seqs: int) -> int:
-        if self.device.type == "cuda":
+    def _num_kv_blocks(self, cache: CacheConfig, max_num_seqs: int) -> int:
+        """cache.num_kv_blocks, else as many blocks as the byte budget holds (the given
+        kv_cache_memory_bytes, else a fraction of free memory), capped at max_num_seqs full contexts."""
+        budget = cache.kv_cache_memory_bytes
+        if budget is not None and budget < self.block_bytes() * (cache.num_kv_blocks or 1):
+            need = f"{cache.num_kv_blocks} blocks of" if cache.num_kv_blocks else "one block:"
+            raise ValueError(f"kv_cache_memory_bytes={budget} is too small for {need} "
+                             f"{self.block_bytes()} bytes each")
+        if cache.num_kv_blocks:
+            return cache.num_kv_blocks
+        if budget is None and self.device.type == "cuda":
             budget = torch.cuda.mem_get_info(self.device)[0] * CUDA_KV_MEMORY_FRACTION
-        else:
+        elif budget is None:
             budget = psutil.virtual_memory().available * CPU_KV_MEMORY_FRACTION
         useful = max_num_seqs * -(-self.config.max_position_embeddings // self.block_size)
         return max(1, min(int(budget // self.block_bytes()), useful))
