@@ -27,8 +27,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="checkpoint folder (config.json + safetensors + tokenizer); "
                         "default: the bundled codegen-tiny-py model")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
-                   help="weight/activation dtype (auto = bfloat16; int8 = int8 linear weights, "
-                        "bfloat16 activations)")
+                   help="weight/activation dtype (auto = bfloat16; int8 = int8 linear weights and "
+                        "per-token int8 GEMM inputs, bfloat16 elsewhere: the fastest CPU mode)")
     g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8"],
                    help="KV-cache element type (auto = the activation dtype; int8 = int8 rows with "
                         "a scale each: half the memory and bandwidth of bf16, CPU kernels only)")

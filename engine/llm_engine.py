@@ -18,7 +18,7 @@ from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL = "codegen-tiny-py"
-# "int8": int8 linear weights with bfloat16 activations (engine/models/quant.py).
+# "int8": int8 linear weights and per-token int8 GEMM inputs, bfloat16 elsewhere (engine/models/quant.py).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "int8": torch.int8}
 

@@ -62,7 +62,7 @@ class ModelRunner:
     def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
                  device: torch.device, attention_backend: str, cache: CacheConfig,
                  max_num_seqs: int, sample_vocab_size: int):
-        # dtype int8: int8 linear weights, everything else (activations, KV cache) in bfloat16.
+        # dtype int8: int8 linear weights and GEMM inputs (engine/models/quant.py), the rest bfloat16.
         self.quant = "int8" if dtype == torch.int8 else None
         dtype = torch.bfloat16 if self.quant else dtype
         self.config, self.device, self.dtype, self.block_size = config, device, dtype, cache.block_size

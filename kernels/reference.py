@@ -145,10 +145,8 @@ def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torc
     if gamma is not None:
         v = torch.nn.functional.layer_norm(v, (x.shape[1],), gamma.float(),
                                            None if beta is None else beta.float(), eps)
-    amax = v.abs().amax(dim=1)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-    xq = torch.round(v * inv[:, None]).clamp_(-127, 127).to(torch.int32) + 128
-    return xq.to(torch.uint8), amax / 127.0
+    xq, scales = quantize_kv_rows(v)  # the same symmetric per-row int8
+    return (xq.to(torch.int32) + 128).to(torch.uint8), scales
 
 
 def dequantize_rows(y: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,

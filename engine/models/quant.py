@@ -1,6 +1,7 @@
 """int8 weights and activations for dtype="int8": every nn.Linear of a loaded model is swapped for an
 Int8Linear holding per-output-channel symmetric int8 weights and fp32 scales (a tied lm_head gets
-its own int8 copy; the embedding stays bf16). Norms, attention and the KV cache stay bfloat16.
+its own int8 copy; the embedding stays bf16). Norms and attention stay bfloat16 (the KV cache
+follows kv_cache_dtype).
 
 On the CPU one call is three steps, each a single pass:
     1. kernels.cpu.quantize_rows: the bf16 activations (optionally through the layer norm that feeds
