@@ -89,4 +89,4 @@ def test_heldout_loss_well_below_uniform(model, tokenizer):
             count += ids.shape[1] - 1
     loss = total / count
     uniform = math.log(model.config.vocab_size)
-    assert loss < 0.5 * uniform, (loss, uniform)  # trained: ~0.43 x uniform over all held-out files
+    assert loss < 0.45 * uniform, (loss, uniform)  # trained: ~0.36 x uniform over all held-out files

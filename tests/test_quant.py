@@ -106,3 +106,21 @@ def test_int8_batched_equals_single(tiny_codegen_dir, tiny_gptneo_dir, which):
     batched = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     single = [llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
     assert batched == single
+
+
+def test_logits_fp32_undoes_bf16_output_rounding():
+    # A bf16 lm_head rounds logits to bf16; logits_fp32 recomputes each row's largest ones in fp32, so
+    # they (and the argmax) equal fp32 math on the same bf16 operands. An int8 head writes fp32.
+    from engine.models.layers import logits_fp32
+    head = nn.Linear(64, 500).to(torch.bfloat16)
+    norm = nn.LayerNorm(64).to(torch.bfloat16)
+    hidden = torch.randn(7, 64).to(torch.bfloat16)
+    exact = F.linear(norm(hidden).float(), head.weight.float(), head.bias.float())
+    out = logits_fp32(head, norm, hidden)
+    assert out.dtype == torch.float32 and out.shape == (7, 500)
+    top = exact.topk(3).indices  # surely among the 8 largest bf16 logits that are refined
+    assert torch.allclose(out.gather(1, top), exact.gather(1, top), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.argmax(-1), exact.argmax(-1))
+    assert (out - exact).abs().max() < 0.05  # the rest: bf16 rounding only
+    int8_out = logits_fp32(Int8Linear.from_linear(head, torch.float32), norm, hidden)
+    assert int8_out.dtype == torch.float32 and _relative_error(int8_out, exact) < 0.03

@@ -9,7 +9,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
-from engine.models.layers import INT8_FUSED_ACTS, MLP, SelfAttention, project
+from engine.models.layers import INT8_FUSED_ACTS, MLP, SelfAttention, logits_fp32, project
 from engine.models.quant import Int8Linear
 from kernels.reference import rotary_cos_sin
 
@@ -113,5 +113,5 @@ class CodeGenForCausalLM(nn.Module):
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[rows, hidden] (the residual stream of forward) -> logits of ln_f then lm_head."""
-        return project(self.lm_head, hidden, norm=self.ln_f)
+        """[rows, hidden] (the residual stream of forward) -> fp32 logits of ln_f then lm_head."""
+        return logits_fp32(self.lm_head, self.ln_f, hidden)

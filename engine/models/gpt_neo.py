@@ -9,7 +9,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
-from engine.models.layers import MLP, SelfAttention, project
+from engine.models.layers import MLP, SelfAttention, logits_fp32
 
 
 class GPTNeoBlock(nn.Module):
@@ -86,5 +86,5 @@ class GPTNeoForCausalLM(nn.Module):
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[rows, hidden] (the residual stream of forward) -> logits of ln_f then lm_head."""
-        return project(self.lm_head, hidden, norm=self.ln_f)
+        """[rows, hidden] (the residual stream of forward) -> fp32 logits of ln_f then lm_head."""
+        return logits_fp32(self.lm_head, self.ln_f, hidden)

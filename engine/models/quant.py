@@ -43,22 +43,26 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 class Int8Linear(nn.Module):
     """y = residual + act(linear(norm(x))) with int8 weights; see the module docstring."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None):
+        """out_dtype: the output dtype (None: the input's); fp32 for logits, which a bf16 output would
+        round to ~0.4% and so flip near-tied argmaxes."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
         q, scale = quantize_per_channel(weight)
         self.register_buffer("qweight", q)          # [out, in] int8
         self.register_buffer("scale", scale)        # [out] fp32
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.act_dtype = weight.dtype
+        self.out_dtype = out_dtype
+        if bias is not None:
+            bias = bias.detach().to(out_dtype or bias.dtype).clone()
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.packed = None  # oneDNN's prepacked copy of qweight (the CPU path)
         if HAS_ONEDNN_INT8 and q.device.type == "cpu":
             self.packed = torch.ops.onednn.qlinear_prepack(q, None)
             self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.int64))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(linear.weight, linear.bias)
+    def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype | None = None) -> Int8Linear:
+        return cls(linear.weight, linear.bias, out_dtype)
 
     def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,14 +82,14 @@ class Int8Linear(nn.Module):
             xq, row_scales = cpu_ops.quantize_rows(x)
         else:
             xq, row_scales = cpu_ops.quantize_rows(x, norm.weight, norm.bias, norm.eps)
-        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, ZERO_POINT, self.packed, self.scale,
-                                               self.zero_points, None, 1.0, 0, x.dtype, "none", [], "")
+        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, ZERO_POINT, self.packed, self.scale, self.zero_points,
+                                               None, 1.0, 0, self.out_dtype or x.dtype, "none", [], "")
         return cpu_ops.dequantize_rows(y, row_scales, self.bias, residual, act_start)
 
     def _forward_dequantized(self, x, norm, act_start, residual):
         h = x if norm is None else norm(x)
         weight = self.qweight.to(h.dtype) * self.scale.to(h.dtype)[:, None]
-        y = F.linear(h, weight, None if self.bias is None else self.bias.to(h.dtype))
+        y = F.linear(h, weight, None if self.bias is None else self.bias.to(h.dtype)).to(self.out_dtype or h.dtype)
         if act_start is not None:
             y[:, act_start:] = F.gelu(y[:, act_start:], approximate="tanh")
         return y if residual is None else y.add_(residual)
@@ -96,12 +100,14 @@ class Int8Linear(nn.Module):
 
 def quantize_linears(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear by an Int8Linear; a module with a `quantize()` method (a block that
-    merges projections) does its own first. A linear tied to an embedding gets an int8 copy."""
+    merges projections) does its own first. A linear tied to an embedding gets an int8 copy; the
+    lm_head writes fp32 logits."""
     for module in list(model.modules()):
         if hasattr(module, "quantize"):
             module.quantize()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, Int8Linear.from_linear(child))
+                out_dtype = torch.float32 if name == "lm_head" else None
+                setattr(parent, name, Int8Linear.from_linear(child, out_dtype))
     return model
