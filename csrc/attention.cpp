@@ -3,7 +3,8 @@
 //
 // Layouts (element strides):
 //   q: [num_tokens, num_heads, head_dim], row t head h at q + t * q_stride_t + h * q_stride_h
-//   k_cache, v_cache: contiguous [num_blocks, block_size, num_kv_heads, head_dim]
+//   k_cache, v_cache: contiguous [num_blocks, block_size, num_kv_heads, head_dim]; fp32, bf16 or int8
+//   k_scale, v_scale (int8 caches): [num_blocks, block_size, num_kv_heads] fp32, row value = int8 * scale
 //   block_tables: [num_seqs, max_blocks_per_seq] int32; seq_lens: [num_seqs] int32;
 //   cu_seqlens_q: [num_seqs + 1] int32; out: contiguous [num_tokens, num_heads, head_dim]
 // Sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1]; its r-th row sits at position
@@ -15,7 +16,10 @@
 // keep every thread busy. Keys are read block by block straight from the cache (bf16 widened to fp32
 // in registers), never gathered or copied per sequence. Per block, a decode row takes one dot product
 // per key (vectorised over head_dim); a prefill tile scores all its rows per key at once (vectorised
-// over the rows, q transposed once per item). GQA: head h reads kv head h / (num_heads / num_kv_heads).
+// over the rows, q transposed once per item); with bf16 q (AVX512-BF16, head_dim % 32 == 0) the tile
+// instead scores 16 keys per row with vdpbf16ps on keys transposed to bf16 pairs once per block.
+// int8 caches fold each row's scale into its score (keys) or its softmax weight (values).
+// GQA: head h reads kv head h / (num_heads / num_kv_heads).
 #include <immintrin.h>
 #include <omp.h>
 

@@ -7,6 +7,8 @@
 //   cos_sin: [max_positions, rotary_dim] fp32, row = cos of the rotary_dim / 2 frequencies, then sin
 //   k_cache, v_cache: contiguous [num_blocks, block_size, num_kv_heads, head_dim];
 //                     slot s lives at row s of the flattened [num_blocks * block_size, kv_heads, dim]
+//   int8 caches: each (slot, kv head) row stored as round(x / scale), scale = max|x| / 127 in
+//                k_scale / v_scale [num_blocks * block_size, kv_heads] fp32
 #include <omp.h>
 
 #include <cstdint>
