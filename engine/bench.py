@@ -106,9 +106,13 @@ def _check_peer(system: str, model: str) -> str | None:
 
 def run_comparison(model: str, engine_kwargs: dict, concurrency: list[int], prompt_len: int,
                    max_tokens: int, compare: list[str], seed: int = 0, dtypes: list[str] | None = None,
-                   log=print) -> dict:
+                   repeat: int = 1, log=print) -> dict:
     """Every system (codeinfer once per dtype) at every concurrency, interleaved, same prompts;
-    returns the rows and the machine facts."""
+    returns the rows and the machine facts. repeat > 1 runs every system that many times, round
+    robin (a machine that slows down mid-run slows every system alike), and keeps each system's
+    median run; its row lists all runs' tokens/s in `tok_s_runs`."""
+    if not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     from engine.config import load_config
     from engine.tokenizer import Tokenizer
 
@@ -128,12 +132,17 @@ def run_comparison(model: str, engine_kwargs: dict, concurrency: list[int], prom
                 ct2_dir=str(_ct2_dir(model)))
     rows = []
     for n in concurrency:
-        for system, dtype in systems:
-            engine = dict(engine_kwargs, dtype=dtype) if dtype else engine_kwargs
-            row = _run_worker(dict(base, system=system, engine=engine, concurrency=n))
-            log(f"  {system:<13} n={n:<3} {row['tok_s']:8.1f} tok/s  "
-                f"peak RSS {row['peak_rss_mb']:.0f} MB")
-            rows.append(row)
+        runs: dict[int, list[dict]] = {i: [] for i in range(len(systems))}
+        for _ in range(repeat):
+            for i, (system, dtype) in enumerate(systems):
+                engine = dict(engine_kwargs, dtype=dtype) if dtype else engine_kwargs
+                row = _run_worker(dict(base, system=system, engine=engine, concurrency=n))
+                log(f"  {system:<13} n={n:<3} {row['tok_s']:8.1f} tok/s  "
+                    f"peak RSS {row['peak_rss_mb']:.0f} MB")
+                runs[i].append(row)
+        for i in range(len(systems)):
+            ordered = sorted(runs[i], key=lambda r: r["tok_s"])
+            rows.append(dict(ordered[len(ordered) // 2], tok_s_runs=[r["tok_s"] for r in runs[i]]))
     return {"rows": rows, "copy_gbs": copy_bandwidth_gbs(), "threads": threads,
             "model": model, "model_name": config.name}
 
@@ -144,14 +153,16 @@ def format_table(result: dict) -> str:
     ours = [r for r in rows if r["system"] == "codeinfer"]
     lines = [f"memory copy bandwidth (read + write): {result['copy_gbs']:.1f} GB/s, "
              f"{result['threads']} threads", "",
-             "| requests | system | dtype | tokens/s | codeinfer speed-up | decode steps/s | "
+             "| requests | system | dtype | tokens/s (median; min-max of repeats) | codeinfer speed-up | decode steps/s | "
              "decode GB/s (% of copy) | peak RSS MB |",
              "|---:|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
         ratio = "" if r["system"] == "codeinfer" else ", ".join(
             f"{o['tok_s'] / r['tok_s']:.2f}x ({o['dtype']})" for o in ours
             if o["concurrency"] == r["concurrency"])
-        lines.append(f"| {r['concurrency']} | {r['system']} | {r['dtype']} | {r['tok_s']:.1f} | "
+        runs = r.get("tok_s_runs", [])
+        spread = f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else ""
+        lines.append(f"| {r['concurrency']} | {r['system']} | {r['dtype']} | {r['tok_s']:.1f}{spread} | "
                      f"{ratio} | {r['decode_steps_s']:.2f} | {r['decode_gbs']:.1f} "
                      f"({100 * r['decode_gbs'] / result['copy_gbs']:.0f}%) | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)

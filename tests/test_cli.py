@@ -27,3 +27,17 @@ def test_generate_bad_input_is_one_clear_line(tiny_codegen_dir, capsys):
     assert main(["generate", "--model", str(tiny_codegen_dir), "--temperature", "-1", "x"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "codeinfer generate: error: temperature must be >= 0, got -1.0"
+
+
+def test_bench_repeat_keeps_the_median_run(tiny_codegen_dir, tmp_path, capsys):
+    # Every configuration runs --repeat times in its own process; the row is the median run's.
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(tiny_codegen_dir), "--concurrency", "1", "--max-tokens", "3",
+                 "--repeat", "3", "--json", str(out), "--num-kv-blocks", "32"]) == 0
+    import json
+    (row,) = json.loads(out.read_text())["rows"]
+    runs = row["tok_s_runs"]
+    assert len(runs) == 3 and row["tok_s"] == sorted(runs)[1]
+    assert f"{row['tok_s']:.1f} ({min(runs):.1f}-{max(runs):.1f})" in capsys.readouterr().out
+    assert main(["bench", "--model", str(tiny_codegen_dir), "--repeat", "0"]) == 2
+    assert "repeat" in capsys.readouterr().err

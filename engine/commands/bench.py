@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
     p.add_argument("--compare", type=_peer_list, default=[],
                    help="peers to run too: transformers,ctranslate2 (pip install codeinfer[bench])")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per system and concurrency, round robin; the table shows the median "
+                        "and the range (this shared 2-core VM varies ~+-10%% between runs)")
     p.add_argument("--plot", default=None, help="write a PNG of tokens/s against concurrency")
     p.add_argument("--json", default=None, help="write the raw results as JSON")
     p.add_argument("--dtypes", default=None,
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
           f"{args.max_tokens} new tokens, concurrency {args.concurrency}")
     result = bench.run_comparison(model, kwargs, args.concurrency, args.prompt_len,
                                   args.max_tokens, args.compare, seed=args.seed,
-                                  dtypes=args.dtypes.split(",") if args.dtypes else None)
+                                  dtypes=args.dtypes.split(",") if args.dtypes else None,
+                                  repeat=args.repeat)
     if args.quality:
         from engine.bench_quality import agreement
         dtypes = [d.strip() for d in args.quality.split(",")]
