@@ -188,7 +188,6 @@ inline __m512 load16(const bf16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-
 // Up to 16 keys (n >= 1) of one head: rows of k and v `stride` elements apart; q scaled, kDim / 16
 // vectors. Updates running max m, sum l and acc (kDim floats).
 template <typename TC, int64_t kDim>

@@ -101,8 +101,8 @@ inline float quantize_row_int8(const float* x, Out* dst, int64_t n) {
   const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    float q = (x[i] * inv + 12582912.0f) - 12582912.0f;  // ternaries: std::min/max do not vectorise
-    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+    float q = (x[i] * inv + 12582912.0f) - 12582912.0f;
+    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);  // ternaries: std::min/max do not vectorise
     dst[i] = static_cast<Out>(static_cast<int32_t>(q) + kOffset);
   }
   return amax / 127.0f;
