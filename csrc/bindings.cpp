@@ -6,7 +6,7 @@
 
 namespace py = pybind11;
 using codeinfer::AttentionArgs;
-using codeinfer::DequantizeArgs;
+using codeinfer::Int8GemmArgs;
 using codeinfer::QuantizeArgs;
 using codeinfer::RotaryArgs;
 
@@ -49,12 +49,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("quantize_rows", &codeinfer::quantize_rows, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"));
 
-  py::class_<DequantizeArgs>(m, "DequantizeArgs")
+  py::class_<Int8GemmArgs>(m, "Int8GemmArgs")
       .def(py::init<>())
-#define FIELD(name) .def_readwrite(#name, &DequantizeArgs::name)
-      FIELD(y) FIELD(scales) FIELD(bias) FIELD(residual) FIELD(num_rows) FIELD(dim) FIELD(y_stride)
-      FIELD(res_stride) FIELD(act_start);
+#define FIELD(name) .def_readwrite(#name, &Int8GemmArgs::name)
+      FIELD(xq) FIELD(x_scales) FIELD(packed) FIELD(colsum) FIELD(w_scales) FIELD(bias) FIELD(residual)
+      FIELD(out) FIELD(num_rows) FIELD(in_features) FIELD(out_features) FIELD(x_stride) FIELD(res_stride)
+      FIELD(out_stride) FIELD(act_start);
 #undef FIELD
-  m.def("dequantize_rows", &codeinfer::dequantize_rows, py::call_guard<py::gil_scoped_release>(),
+  m.def("int8_gemm", &codeinfer::int8_gemm, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"));
 }

@@ -1,5 +1,6 @@
 // Shared helpers for the CPU kernels: dtype tags and bf16 <-> fp32 conversion.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -147,6 +148,32 @@ inline __m512 exp_neg16(__m512 x) {  // exp_neg, 16 lanes
   const __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
   const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
   return _mm512_mask_mov_ps(y, tiny, _mm512_setzero_ps());
+}
+#endif
+
+// GPT-2's tanh gelu, 0.5 v (1 + tanh(u)) = v * sigmoid(2u), with e = exp(-|2u|) <= 1 so nothing
+// overflows: sigmoid(2u) = 1 / (1 + e) for u >= 0, e / (1 + e) below. gelu_tanh16 is the same on
+// 16 lanes.
+inline float gelu_tanh(float v) {
+  const float u2 = 2.0f * 0.7978845608028654f * v * (1.0f + 0.044715f * v * v);
+  const float e = exp_neg(-std::fabs(u2));
+  return v * (u2 < 0.0f ? e : 1.0f) / (1.0f + e);
+}
+
+#if defined(__AVX512F__)
+// gelu_tanh on 16 lanes, the reciprocal of 1 + e from rcp14 plus one Newton step (~2^-28) instead of
+// a division.
+inline __m512 gelu_tanh16(__m512 v) {
+  const __m512 v2 = _mm512_mul_ps(v, v);
+  const __m512 u2 = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(2.0f * 0.7978845608028654f)),
+                                  _mm512_fmadd_ps(v2, _mm512_set1_ps(0.044715f), _mm512_set1_ps(1.0f)));
+  const __m512 e = exp_neg16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(u2)));
+  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.0f));
+  __m512 r = _mm512_rcp14_ps(d);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+  const __mmask16 negative = _mm512_cmp_ps_mask(u2, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 sig = _mm512_mask_mul_ps(r, negative, e, r);  // u >= 0: 1 / (1 + e); u < 0: e / (1 + e)
+  return _mm512_mul_ps(v, sig);
 }
 #endif
 

@@ -37,8 +37,7 @@ struct AttentionArgs {
 
 void paged_attention(const AttentionArgs& args, const std::string& dtype, const std::string& cache_dtype);
 
-// Operands of quantize_rows / dequantize_rows (see csrc/quant.cpp). Strides are in elements;
-// gamma, beta, bias, residual: 0 = absent.
+// Operands of quantize_rows (see csrc/quant.cpp). Strides are in elements; gamma, beta: 0 = absent.
 struct QuantizeArgs {
   uintptr_t x = 0, gamma = 0, beta = 0, out = 0, scales = 0;
   int64_t num_rows = 0, dim = 0, x_stride = 0;
@@ -47,11 +46,14 @@ struct QuantizeArgs {
 
 void quantize_rows(const QuantizeArgs& args, const std::string& dtype);
 
-struct DequantizeArgs {
-  uintptr_t y = 0, scales = 0, bias = 0, residual = 0;
-  int64_t num_rows = 0, dim = 0, y_stride = 0, res_stride = 0, act_start = 0;
+// Operands of int8_gemm (see csrc/gemm.cpp for the packed weight layout). Strides are in elements;
+// bias, residual: 0 = absent; dtype is the output's (bias and residual share it).
+struct Int8GemmArgs {
+  uintptr_t xq = 0, x_scales = 0, packed = 0, colsum = 0, w_scales = 0, bias = 0, residual = 0, out = 0;
+  int64_t num_rows = 0, in_features = 0, out_features = 0, x_stride = 0, res_stride = 0, out_stride = 0;
+  int64_t act_start = 0;
 };
 
-void dequantize_rows(const DequantizeArgs& args, const std::string& dtype);
+void int8_gemm(const Int8GemmArgs& args, const std::string& dtype);
 
 }  // namespace codeinfer

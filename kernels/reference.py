@@ -149,16 +149,40 @@ def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torc
     return (xq.to(torch.int32) + 128).to(torch.uint8), scales
 
 
-def dequantize_rows(y: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-                    residual: torch.Tensor | None = None, act_start: int | None = None) -> torch.Tensor:
-    """Epilogue of the int8 GEMM, in place on y [num_rows, dim] (rows may be strided):
-    y = act(y * scales[:, None] + bias) + residual, act = gelu (tanh) on columns >= act_start
-    (None: no activation). scales: [num_rows] fp32; bias: [dim]; residual: [num_rows, dim]. Returns y."""
-    v = y.float() * scales[:, None]
+def pack_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8_gemm layout of an int8 weight [out_features, in_features]:
+    packed [ceil(out / 16), ceil(in / 4), 16, 4] int8 with packed[p, k4, c, i] = weight[16 p + c, 4 k4 + i]
+    (zeros past the edges: 16 output columns per panel, 4 consecutive inputs per 32-bit lane), and
+    colsum [16 * ceil(out / 16)] int32, each column's sum of weights (0 on padding)."""
+    if weight.dtype != torch.int8 or weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-d int8 tensor, got {list(weight.shape)} {weight.dtype}")
+    out_features, in_features = weight.shape
+    n_pad, k_pad = -out_features % 16, -in_features % 4
+    w = torch.nn.functional.pad(weight, (0, k_pad, 0, n_pad))
+    packed = w.view(w.shape[0] // 16, 16, w.shape[1] // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return packed, w.sum(dim=1, dtype=torch.int32)
+
+
+def int8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor,
+              w_scales: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+              act_start: int | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """act(xw^T * scales + bias) + residual of int8 activations and weights:
+    out[m, n] = act(float(acc[m, n]) * w_scales[n] * x_scales[m] + bias[n]) + residual[m, n], with
+    acc[m, n] = sum_k (xq[m, k] - 128) * w[n, k] exact in int32 and act = gelu (tanh) on columns
+    n >= act_start (None: none).
+
+    xq: [M, K] uint8 (quantize_rows' output); x_scales: [M] fp32; packed, colsum: pack_int8_weight
+    of w [N, K]; w_scales: [N] fp32; bias: [N] and residual: [M, N] in out_dtype (fp32 or bf16).
+    Returns a new [M, N] tensor of out_dtype."""
+    num_rows, in_features = xq.shape
+    out_features = w_scales.shape[0]
+    w = packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * 16, -1)[:out_features, :in_features]
+    acc = (xq.to(torch.int64) - 128) @ w.to(torch.int64).t()
+    v = acc.to(torch.int32).float() * w_scales * x_scales[:, None]
     if bias is not None:
         v = v + bias.float()
     if act_start is not None:
         v[:, act_start:] = torch.nn.functional.gelu(v[:, act_start:], approximate="tanh")
     if residual is not None:
         v = v + residual.float()
-    return y.copy_(v)
+    return v.to(out_dtype)

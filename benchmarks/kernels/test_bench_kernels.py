@@ -109,12 +109,17 @@ def test_quantize_rows(measure, rows, provider):
     measure("quantize_rows", provider, f"ln bf16 rows={rows}", lambda: op(x, gamma, beta), 3 * x.numel())
 
 
+
+
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("rows", [1, 32, 2048])
-def test_dequantize_rows(measure, rows, provider):
-    """int8 GEMM epilogue of fc_in: row scale + bias + gelu, in place on [rows, 4 * hidden] bf16."""
-    y = torch.randn(rows, 4 * HIDDEN).to(torch.bfloat16)
-    scales, bias = torch.rand(rows), torch.randn(4 * HIDDEN).to(torch.bfloat16)
-    op = PROVIDERS[provider].dequantize_rows
-    measure("dequantize_rows", provider, f"gelu bf16 rows={rows}", lambda: op(y, scales, bias, None, 0),
-            2 * y.numel() * y.element_size())
+def test_int8_gemm(measure, rows, provider):
+    """fc_in of dtype="int8": [rows, hidden] x [4 * hidden, hidden] int8 with bias and gelu fused;
+    bytes = the int8 weight."""
+    w = torch.randint(-127, 128, (4 * HIDDEN, HIDDEN), dtype=torch.int8)
+    packed, colsum = reference.pack_int8_weight(w)
+    xq, x_scales = torch.randint(0, 256, (rows, HIDDEN), dtype=torch.uint8), torch.rand(rows) * 1e-4
+    w_scales, bias = torch.rand(4 * HIDDEN), torch.randn(4 * HIDDEN).to(torch.bfloat16)
+    op = PROVIDERS[provider].int8_gemm
+    measure("int8_gemm", provider, f"fc_in gelu rows={rows}",
+            lambda: op(xq, x_scales, packed, colsum, w_scales, bias, None, 0), w.numel())

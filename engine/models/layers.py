@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.attention import AttentionMetadata, PagedAttention
+from engine.models.quant import Int8Linear
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,7 @@ def project(linear: nn.Module, x: torch.Tensor, norm: nn.Module | None = None, a
     into its activation quantization and the tanh gelu and residual into its epilogue; bf16 on the
     CPU fuses the activation into the GEMM; fp32 keeps the unfused ops, so fp32 outputs match
     transformers exactly."""
-    if hasattr(linear, "qweight"):  # engine.models.quant.Int8Linear
+    if isinstance(linear, Int8Linear):
         fused = act is None or act in INT8_FUSED_ACTS
         y = linear(x, norm=norm, act_start=0 if act is not None and fused else None,
                    residual=residual if fused else None)
@@ -64,7 +65,7 @@ def logits_fp32(lm_head: nn.Module, norm: nn.Module, hidden: torch.Tensor, refin
     (~0.4% apart, which flips near-tied argmaxes: fp32 agreement of the bundled model's bf16 argmax
     98.97% -> 99.6%), so each row's `refine` largest logits are recomputed in fp32 from the same bf16
     operands. An Int8Linear head writes fp32 itself; fp32 heads are exact already."""
-    if hasattr(lm_head, "qweight"):
+    if isinstance(lm_head, Int8Linear):
         return project(lm_head, hidden, norm=norm).float()
     h = norm(hidden)
     logits = lm_head(h)

@@ -3,18 +3,18 @@ Int8Linear holding per-output-channel symmetric int8 weights and fp32 scales (a 
 its own int8 copy; the embedding stays bf16). Norms and attention stay bfloat16 (the KV cache
 follows kv_cache_dtype).
 
-On the CPU one call is three steps, each a single pass:
+On the CPU one call is two passes:
     1. kernels.cpu.quantize_rows: the bf16 activations (optionally through the layer norm that feeds
        the linear) -> per-row symmetric int8, stored as uint8 with zero point 128, + row scales;
-    2. oneDNN's u8 x s8 GEMM (onednn.qlinear_pointwise, VNNI, weights prepacked once) -> bf16,
-       already multiplied by the weight scales; about 2x the bf16 GEMM on this CPU in prefill and
-       decode alike;
-    3. kernels.cpu.dequantize_rows, in place: x row scale, + bias, gelu on the columns from
-       act_start, + residual.
+    2. kernels.cpu.int8_gemm: the VNNI u8 x s8 GEMM on weights packed once at load
+       (kernels.reference.pack_int8_weight) with the epilogue fused: x row scale x weight scale,
+       + bias, gelu on the columns from act_start, + residual, one bf16 (or fp32) write. About 2x the
+       bf16 GEMM on this CPU; at decode sizes 1.3-2x oneDNN's int8 GEMM plus a separate epilogue,
+       and on par in prefill (benchmarks/kernels/test_bench_int8_gemm.py).
 Per-row (per-token) activation scales keep a token's result independent of the other tokens of
 the step, so batched greedy decoding gives the tokens of one-at-a-time decoding (the int32
-accumulation is exact whatever the batch). Elsewhere (no oneDNN, other devices) the int8 weight is
-dequantized to the activation dtype per call. Agreement with fp32: README, Performance."""
+accumulation is exact whatever the batch). On other devices the int8 weight is dequantized to the
+activation dtype per call. Agreement with fp32: README, Performance."""
 from __future__ import annotations
 
 import torch
@@ -28,9 +28,6 @@ try:
 except ImportError:  # the C++ extension is not built: the reference ops (slow, same results)
     cpu_ops = reference_ops
 
-HAS_ONEDNN_INT8 = hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
-ZERO_POINT = 128  # activations are int8 stored as uint8 + 128: oneDNN's fast kernels take u8 x s8
-
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float -> (int8 [out, in], fp32 scales [out]) with weight ~= q * scale[:, None]."""
@@ -43,26 +40,32 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 class Int8Linear(nn.Module):
     """y = residual + act(linear(norm(x))) with int8 weights; see the module docstring."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None,
+                 packed: bool | None = None):
         """out_dtype: the output dtype (None: the input's); fp32 for logits, which a bf16 output would
-        round to ~0.4% and so flip near-tied argmaxes."""
+        round to ~0.4% and so flip near-tied argmaxes. packed: keep the weight in int8_gemm's packed
+        layout (the CPU path; default: when the weight is on the CPU), else as [out, in] int8 that
+        is dequantized per call."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
         q, scale = quantize_per_channel(weight)
-        self.register_buffer("qweight", q)          # [out, in] int8
         self.register_buffer("scale", scale)        # [out] fp32
         self.out_dtype = out_dtype
         if bias is not None:
             bias = bias.detach().to(out_dtype or bias.dtype).clone()
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.packed = None  # oneDNN's prepacked copy of qweight (the CPU path)
-        if HAS_ONEDNN_INT8 and q.device.type == "cpu":
-            self.packed = torch.ops.onednn.qlinear_prepack(q, None)
-            self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.int64))
+        self.packed = q.is_cpu if packed is None else packed
+        if self.packed:  # only the packed copy is kept: [out / 16, in / 4, 16, 4] + column sums
+            packed_weight, colsum = reference_ops.pack_int8_weight(q)
+            self.register_buffer("packed_weight", packed_weight)
+            self.register_buffer("colsum", colsum)
+        else:
+            self.register_buffer("qweight", q)      # [out, in] int8
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype | None = None) -> Int8Linear:
-        return cls(linear.weight, linear.bias, out_dtype)
+    def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype | None = None,
+                    packed: bool | None = None) -> Int8Linear:
+        return cls(linear.weight, linear.bias, out_dtype, packed)
 
     def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,20 +74,23 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x = x.reshape(-1, self.in_features)
         res = None if residual is None else residual.reshape(-1, self.out_features)
-        if self.packed is not None and x.is_cpu and x.dtype in (torch.bfloat16, torch.float32):
-            y = self._forward_int8(x, norm, act_start, res)
+        if self.packed:
+            y = self._forward_packed(x, norm, act_start, res)
         else:
             y = self._forward_dequantized(x, norm, act_start, res)
         return y.view(*shape[:-1], self.out_features)
 
-    def _forward_int8(self, x, norm, act_start, residual):
+    def _forward_packed(self, x, norm, act_start, residual):
         if norm is None:
             xq, row_scales = cpu_ops.quantize_rows(x)
         else:
             xq, row_scales = cpu_ops.quantize_rows(x, norm.weight, norm.bias, norm.eps)
-        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, ZERO_POINT, self.packed, self.scale, self.zero_points,
-                                               None, 1.0, 0, self.out_dtype or x.dtype, "none", [], "")
-        return cpu_ops.dequantize_rows(y, row_scales, self.bias, residual, act_start)
+        out_dtype = self.out_dtype or x.dtype
+        bias = self.bias if self.bias is None or self.bias.dtype == out_dtype else self.bias.to(out_dtype)
+        if residual is not None and residual.dtype != out_dtype:
+            residual = residual.to(out_dtype)
+        return cpu_ops.int8_gemm(xq, row_scales, self.packed_weight, self.colsum, self.scale, bias,
+                                 residual, act_start, out_dtype)
 
     def _forward_dequantized(self, x, norm, act_start, residual):
         h = x if norm is None else norm(x)
