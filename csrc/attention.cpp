@@ -377,6 +377,15 @@ void tile_update_bf16(const bf16* q, int64_t q_stride_t, float scale, const TC* 
 #endif
 #endif
 
+// Key range [key_lo, key_hi) that any query row of item w can see, and the position of its first row.
+inline void item_keys(const AttentionArgs& a, const WorkItem& w, int64_t& pos0, int64_t& key_lo, int64_t& key_hi) {
+  const int32_t* seq_lens = reinterpret_cast<const int32_t*>(a.seq_lens);
+  const int32_t* cu = reinterpret_cast<const int32_t*>(a.cu_seqlens_q);
+  pos0 = seq_lens[w.seq] - (cu[w.seq + 1] - cu[w.seq]) + (w.row0 - cu[w.seq]);
+  key_hi = pos0 + (w.row1 - w.row0);
+  key_lo = a.window > 0 ? std::max<int64_t>(0, pos0 - a.window + 1) : 0;
+}
+
 // Prefetches rows [kv_lo, kv_hi) (elements within a slot) of every slot of one cache block.
 template <typename TC>
 inline void prefetch_block(const TC* k_cache, const TC* v_cache, int64_t base, int64_t bs, int64_t slot_stride,
@@ -389,13 +398,36 @@ inline void prefetch_block(const TC* k_cache, const TC* v_cache, int64_t base, i
     }
 }
 
+// Prefetches the next item's cache blocks [first, last) (block indices of its sequence, clamped to
+// the ones it reads), and for int8 caches their scale rows.
+template <typename TC>
+inline void prefetch_item_blocks(const AttentionArgs& a, const WorkItem& w, int64_t key_lo, int64_t key_hi,
+                                 int64_t first, int64_t last) {
+  const int32_t* table = reinterpret_cast<const int32_t*>(a.block_tables) + w.seq * a.max_blocks_per_seq;
+  const int64_t bs = a.block_size, slot_stride = a.num_kv_heads * a.head_dim;
+  const int64_t heads_per_kv = a.num_heads / a.num_kv_heads;
+  const int64_t kv_lo = w.h0 / heads_per_kv * a.head_dim, kv_hi = ((w.h1 - 1) / heads_per_kv + 1) * a.head_dim;
+  first = std::max(first, key_lo / bs);
+  last = std::min(last, (key_hi + bs - 1) / bs);
+  for (int64_t blk = first; blk < last; ++blk) {
+    const int64_t slot0 = static_cast<int64_t>(table[blk]) * bs;
+    prefetch_block(reinterpret_cast<const TC*>(a.k_cache), reinterpret_cast<const TC*>(a.v_cache),
+                   slot0 * slot_stride, bs, slot_stride, kv_lo, kv_hi);
+    if constexpr (std::is_same_v<TC, int8_t>)  // [slot, kv head] fp32: 64 bytes hold 16 / num_kv_heads slots
+      for (int64_t e = 0; e < bs * a.num_kv_heads; e += 16) {
+        __builtin_prefetch(reinterpret_cast<const float*>(a.k_scale) + slot0 * a.num_kv_heads + e, 0, 2);
+        __builtin_prefetch(reinterpret_cast<const float*>(a.v_scale) + slot0 * a.num_kv_heads + e, 0, 2);
+      }
+  }
+}
+
+// next: the item this thread runs after w (decode-only steps; else null), whose blocks are prefetched
+// spread over w's blocks. prefetched: w's own blocks were prefetched that way by the previous item.
 template <typename TQ, typename TC, int64_t kDim>
-void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
+void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s, const WorkItem* next, bool prefetched) {
   const TQ* q = reinterpret_cast<const TQ*>(a.q);
   const TC* k_cache = reinterpret_cast<const TC*>(a.k_cache);
   const TC* v_cache = reinterpret_cast<const TC*>(a.v_cache);
-  const int32_t* seq_lens = reinterpret_cast<const int32_t*>(a.seq_lens);
-  const int32_t* cu = reinterpret_cast<const int32_t*>(a.cu_seqlens_q);
   const int32_t* table = reinterpret_cast<const int32_t*>(a.block_tables) + w.seq * a.max_blocks_per_seq;
   TQ* out = reinterpret_cast<TQ*>(a.out);
 
@@ -406,10 +438,8 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   CacheScales cs;
   cs.k_cache = k_cache, cs.v_cache = v_cache, cs.head_dim = dim;
   cs.k_scale = reinterpret_cast<const float*>(a.k_scale), cs.v_scale = reinterpret_cast<const float*>(a.v_scale);
-  // Position of the tile's first row, and the key range [key_lo, key_hi) any of its rows can see.
-  const int64_t pos0 = seq_lens[w.seq] - (cu[w.seq + 1] - cu[w.seq]) + (w.row0 - cu[w.seq]);
-  const int64_t key_hi = pos0 + num_rows;
-  const int64_t key_lo = a.window > 0 ? std::max<int64_t>(0, pos0 - a.window + 1) : 0;
+  int64_t pos0, key_lo, key_hi;  // the tile's first row position, the keys any of its rows can see
+  item_keys(a, w, pos0, key_lo, key_hi);
 
   s.q.resize(num_state * dim);
   s.acc.assign(num_state * dim, 0.0f);
@@ -448,11 +478,22 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
       for (int64_t g = 0; g < ng; ++g) head_off[g] = (w.h0 + g) / heads_per_kv * dim;
       s.scores.resize(16 * num_group);
       if (num_group <= 512) {
-        for (int64_t blk = key_lo / bs; blk * bs < key_hi; ++blk) {
+        // The next item's blocks, spread evenly over this item's: at DRAM latency a block ahead is
+        // too little to hide, a whole item ahead keeps both threads' loads in flight.
+        int64_t next_pos0 = 0, next_lo = 0, next_hi = 0;
+        if (next) item_keys(a, *next, next_pos0, next_lo, next_hi);
+        const int64_t first_blk = key_lo / bs, num_blks = (key_hi + bs - 1) / bs - first_blk;
+        const int64_t next_first = next_lo / bs, next_blks = next ? (next_hi + bs - 1) / bs - next_first : 0;
+        for (int64_t blk = first_blk; blk * bs < key_hi; ++blk) {
           const int64_t j0 = std::max(blk * bs, key_lo), j1 = std::min(blk * bs + bs, key_hi);
           const int64_t block_base = static_cast<int64_t>(table[blk]) * bs * slot_stride;
-          if ((blk + 1) * bs < key_hi) prefetch_block(k_cache, v_cache, table[blk + 1] * bs * slot_stride, bs,
-                                                      slot_stride, kv_lo_g, kv_hi_g);
+          if (!prefetched && (blk + 1) * bs < key_hi)
+            prefetch_block(k_cache, v_cache, table[blk + 1] * bs * slot_stride, bs, slot_stride, kv_lo_g, kv_hi_g);
+          if (next) {
+            const int64_t i = blk - first_blk;
+            prefetch_item_blocks<TC>(a, *next, next_lo, next_hi, next_first + i * next_blks / num_blks,
+                                     next_first + (i + 1) * next_blks / num_blks);
+          }
           for (int64_t c0 = j0; c0 < j1; c0 += 16) {
             const int64_t off = block_base + (c0 - blk * bs) * slot_stride;
             decode_block_group<TC, kDim>(s.q.data(), k_cache + off, v_cache + off, slot_stride, head_off, num_group,
@@ -570,13 +611,23 @@ std::vector<WorkItem> plan(const AttentionArgs& a, int64_t& work) {
   return items;
 }
 
+// Decode-only steps (every item one query row) go round robin, so a thread knows its next item and
+// prefetches it; steps with prefill tiles, whose costs vary, are scheduled dynamically.
 template <typename TQ, typename TC, int64_t kDim>
 void run_items(const AttentionArgs& a, const std::vector<WorkItem>& items, bool parallel) {
+  const int64_t n = static_cast<int64_t>(items.size());
+  const bool decode_only = std::all_of(items.begin(), items.end(), [](const WorkItem& w) { return w.row1 - w.row0 == 1; });
 #pragma omp parallel if (parallel)
   {
     Scratch scratch;
+    if (decode_only) {
+      const int64_t step = omp_get_num_threads();
+      for (int64_t i = omp_get_thread_num(); i < n; i += step)
+        attend_item<TQ, TC, kDim>(a, items[i], scratch, i + step < n ? &items[i + step] : nullptr, i >= step);
+    } else {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) attend_item<TQ, TC, kDim>(a, items[i], scratch);
+      for (int64_t i = 0; i < n; ++i) attend_item<TQ, TC, kDim>(a, items[i], scratch, nullptr, false);
+    }
   }
 }
 
