@@ -24,6 +24,17 @@ def test_cache_fits_the_budget(tiny_codegen_dir, kv_cache_dtype):
     assert _cache_bytes(runner) == runner.num_kv_blocks * runner.block_bytes()
 
 
+def test_default_cpu_cache_is_capped_and_resident(tiny_codegen_dir, monkeypatch):
+    # Without a budget the CPU cache takes at most CPU_KV_MEMORY_CAP bytes, and it is zeroed at
+    # start-up (no page of it is faulted in later by a decode step; unused scales read as 0).
+    import engine.model_runner as model_runner
+    monkeypatch.setattr(model_runner, "CPU_KV_MEMORY_CAP", 200_000)
+    runner = LLM(model=str(tiny_codegen_dir), dtype="bfloat16", kv_cache_dtype="int8").engine.runner
+    assert 0 < _cache_bytes(runner) <= 200_000
+    assert runner.num_kv_blocks == 200_000 // runner.block_bytes()
+    assert not runner.kv_cache.any() and not runner.kv_scale.any()
+
+
 def test_int8_cache_holds_more_blocks(tiny_codegen_dir):
     # A head row is 2 * head_dim bytes in bf16, head_dim + 4 in int8 (its fp32 scale included):
     # 1.6x the blocks at this test model's head_dim 16, 1.88x at CodeGen-350M's 64.
