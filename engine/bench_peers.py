@@ -36,6 +36,12 @@ def run_codeinfer(model: str, engine_kwargs: dict, prompts: PromptSets, max_toke
 
     kwargs = dict(engine_kwargs, model=model)
     kwargs["max_num_seqs"] = max(kwargs.get("max_num_seqs") or 1, len(prompts["full"]))
+    if kwargs.get("num_kv_blocks") is None and kwargs.get("kv_cache_memory_bytes") is None:
+        # The cache this workload needs (the peers, too, hold only what their requests use), not
+        # the default reservation: peak RSS then compares like with like.
+        block_size = kwargs.get("block_size") or 16
+        longest = max(len(p) for batch in prompts.values() for p in batch) + max_tokens
+        kwargs["num_kv_blocks"] = len(prompts["full"]) * -(-longest // block_size)
     engine = LLM(**kwargs).engine
     first_token_at = []
 

@@ -40,7 +40,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="KV-cache blocks (default: as many as --kv-cache-memory allows)")
     g.add_argument("--kv-cache-memory", type=parse_bytes, default=None, metavar="SIZE",
                    help="most memory the KV cache may take, e.g. 2GiB, 512MiB or bytes (default: 25%% "
-                        "of the available RAM on CPU, at most 4GiB; 85%% of free GPU memory). The cache "
+                        "of the available RAM on CPU, at most 2GiB; 85%% of free GPU memory). The cache "
                         "is allocated and zeroed at start-up")
     g.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one step")
     g.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")

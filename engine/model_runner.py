@@ -17,7 +17,7 @@ from engine.weights import load_model
 # Without num_kv_blocks, the CPU KV cache takes at most this fraction of the available RAM, and at
 # most CPU_KV_MEMORY_CAP bytes: the cache is zeroed (faulted in) at start-up, ~0.2-0.8 s per GiB here.
 CPU_KV_MEMORY_FRACTION = 0.25
-CPU_KV_MEMORY_CAP = 4 << 30
+CPU_KV_MEMORY_CAP = 2 << 30
 # On CUDA, this fraction of the free device memory after loading the weights.
 CUDA_KV_MEMORY_FRACTION = 0.85
 
