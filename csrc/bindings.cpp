@@ -6,7 +6,7 @@
 
 namespace py = pybind11;
 using codeinfer::AttentionArgs;
-using codeinfer::Int8GemmArgs;
+using codeinfer::Int8LinearArgs;
 using codeinfer::QuantizeArgs;
 using codeinfer::RotaryArgs;
 
@@ -49,13 +49,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("quantize_rows", &codeinfer::quantize_rows, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"));
 
-  py::class_<Int8GemmArgs>(m, "Int8GemmArgs")
+  py::class_<Int8LinearArgs>(m, "Int8LinearArgs")
       .def(py::init<>())
-#define FIELD(name) .def_readwrite(#name, &Int8GemmArgs::name)
-      FIELD(xq) FIELD(x_scales) FIELD(packed) FIELD(colsum) FIELD(w_scales) FIELD(bias) FIELD(residual)
+#define FIELD(name) .def_readwrite(#name, &Int8LinearArgs::name)
+      FIELD(x) FIELD(gamma) FIELD(beta) FIELD(packed) FIELD(colsum) FIELD(w_scales) FIELD(bias) FIELD(residual)
       FIELD(out) FIELD(num_rows) FIELD(in_features) FIELD(out_features) FIELD(x_stride) FIELD(res_stride)
-      FIELD(out_stride) FIELD(act_start);
+      FIELD(out_stride) FIELD(act_start) FIELD(eps);
 #undef FIELD
-  m.def("int8_gemm", &codeinfer::int8_gemm, py::call_guard<py::gil_scoped_release>(),
-        py::arg("args"), py::arg("dtype"));
+  m.def("int8_linear", &codeinfer::int8_linear, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"), py::arg("out_dtype"));
 }

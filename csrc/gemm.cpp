@@ -1,8 +1,11 @@
-// int8_gemm: the GEMM of dtype="int8" linears (engine/models/quant.py) with its dequantising epilogue
-// fused: one pass writes act(x w^T * scales + bias) + residual, no int32 or bf16 intermediate.
+// int8_linear: a linear layer of dtype="int8" (engine/models/quant.py) in one call and one parallel
+// region: the activations quantised per row (through the layer norm that feeds the linear, as
+// quantize_rows does), then the int8 GEMM with its dequantising epilogue fused: one pass writes
+// act(x w^T * scales + bias) + residual, no int32 or bf16 intermediate.
 //
-//   xq: [M, K] uint8 = int8 activations + 128 (quantize_rows), rows x_stride >= 4 K4 apart (bytes
-//       K..4 K4 of a row are read and must be 0; their weights are 0); x_scales: [M] fp32
+//   x: [M, K] fp32 or bf16, rows x_stride apart; gamma, beta: [K] (x's dtype) or 0 (no layer norm)
+//   xq: [M, 4 K4] uint8 = int8 activations + 128 (per-thread scratch; bytes past K meet zero weights),
+//       x_scales: [M] fp32
 //   packed: [P, K4, 16, 4] int8, P = ceil(N / 16), K4 = ceil(K / 4),
 //       packed[p, k4, c, i] = w[16 p + c, 4 k4 + i] (0 outside [N, K]): a panel p holds 16 output
 //       columns, 4 consecutive k per 32-bit lane, so one vpdpbusd multiplies a broadcast group of 4
@@ -24,6 +27,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "ops.h"
@@ -140,11 +144,12 @@ void group(const Gemm<T>& g, int64_t m_begin, int64_t m_end, int64_t p0) {
   if (m0 < m_end) row_tail<T, NT>(g, m0, m_end - m0, p0);
 }
 
+// The GEMM's items, shared among the threads of the enclosing parallel region.
 template <typename T>
-void run(const Gemm<T>& g) {
+void gemm_items(const Gemm<T>& g) {
   const int64_t groups = (g.P + kPanels - 1) / kPanels;
   const int64_t blocks = (g.M + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(static) if (g.M * g.N * g.K > kParallelMacs)
+#pragma omp for schedule(static)
   for (int64_t item = 0; item < blocks * groups; ++item) {
     const int64_t m_begin = item / groups * kRowBlock, p0 = item % groups * kPanels;
     const int64_t m_end = std::min(g.M, m_begin + kRowBlock);
@@ -168,8 +173,8 @@ inline float finish(const Gemm<T>& g, int64_t m, int64_t n, int32_t acc) {
 
 // Portable path: the same sums over the packed layout, one output element at a time.
 template <typename T>
-void run(const Gemm<T>& g) {
-#pragma omp parallel for schedule(static) if (g.M * g.N * g.K > kParallelMacs)
+void gemm_items(const Gemm<T>& g) {
+#pragma omp for schedule(static)
   for (int64_t m = 0; m < g.M; ++m)
     for (int64_t n = 0; n < g.N; ++n) {
       const int8_t* w = g.w + (n / 16) * g.K4 * 64 + (n % 16) * 4;
@@ -180,27 +185,54 @@ void run(const Gemm<T>& g) {
 }
 #endif
 
-template <typename T>
-void int8_gemm_impl(const Int8GemmArgs& a) {
-  Gemm<T> g{reinterpret_cast<const uint8_t*>(a.xq), reinterpret_cast<const float*>(a.x_scales),
-            reinterpret_cast<const int8_t*>(a.packed), reinterpret_cast<const int32_t*>(a.colsum),
-            reinterpret_cast<const float*>(a.w_scales), reinterpret_cast<const T*>(a.bias),
-            reinterpret_cast<const T*>(a.residual), reinterpret_cast<T*>(a.out),
-            a.num_rows, a.out_features, a.in_features, (a.in_features + 3) / 4, (a.out_features + 15) / 16,
-            a.x_stride, a.res_stride, a.out_stride, a.act_start};
-  run(g);
+// Quantises x (through the layer norm when gamma is given) into a per-thread scratch buffer, then
+// runs the GEMM, both in one parallel region (a barrier between them, no second fork).
+template <typename TX, typename T>
+void int8_linear_impl(const Int8LinearArgs& a) {
+  const int64_t M = a.num_rows, K = a.in_features, K4 = (K + 3) / 4;
+  // The calling thread's scratch, reused across calls; the team reaches it through these pointers
+  // (inside the parallel region the name would mean each thread's own, empty, instance).
+  thread_local std::vector<uint8_t> xq_buf;  // [M, 4 K4]; the padding bytes meet zero weights
+  thread_local std::vector<float> scale_buf;
+  if (xq_buf.size() < static_cast<size_t>(M * 4 * K4)) xq_buf.resize(M * 4 * K4);
+  if (scale_buf.size() < static_cast<size_t>(M)) scale_buf.resize(M);
+  uint8_t* xq = xq_buf.data();
+  float* x_scales = scale_buf.data();
+  const Gemm<T> g{xq, x_scales, reinterpret_cast<const int8_t*>(a.packed),
+                  reinterpret_cast<const int32_t*>(a.colsum), reinterpret_cast<const float*>(a.w_scales),
+                  reinterpret_cast<const T*>(a.bias), reinterpret_cast<const T*>(a.residual),
+                  reinterpret_cast<T*>(a.out), M, a.out_features, K, K4, (a.out_features + 15) / 16,
+                  4 * K4, a.res_stride, a.out_stride, a.act_start};
+  const TX* x = reinterpret_cast<const TX*>(a.x);
+  const TX* gamma = reinterpret_cast<const TX*>(a.gamma);
+  const TX* beta = reinterpret_cast<const TX*>(a.beta);
+#pragma omp parallel if (M * a.out_features * K > kParallelMacs)
+  {
+    std::vector<float> buf(K);  // one row in fp32
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m)
+      quantize_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K, xq + m * 4 * K4, x_scales + m);
+    gemm_items(g);  // after the implicit barrier of the loop above
+  }
+}
+
+template <typename TX>
+void int8_linear_out(const Int8LinearArgs& a, DType out) {
+  if (out == DType::kFloat32) int8_linear_impl<TX, float>(a);
+  else int8_linear_impl<TX, bf16>(a);
 }
 
 }  // namespace
 
-void int8_gemm(const Int8GemmArgs& args, const std::string& dtype) {
-  if (args.num_rows < 0 || args.in_features <= 0 || args.out_features <= 0 ||
-      args.x_stride < (args.in_features + 3) / 4 * 4 || args.out_stride < args.out_features ||
-      (args.residual && args.res_stride < args.out_features))
-    throw std::invalid_argument("int8_gemm: bad sizes");
+void int8_linear(const Int8LinearArgs& args, const std::string& dtype, const std::string& out_dtype) {
+  if (args.num_rows < 0 || args.in_features <= 0 || args.out_features <= 0 || args.x_stride < args.in_features ||
+      args.out_stride < args.out_features || (args.residual && args.res_stride < args.out_features) ||
+      args.act_start < 0 || args.act_start > args.out_features)
+    throw std::invalid_argument("int8_linear: bad sizes");
+  const DType out = parse_dtype(out_dtype);
   switch (parse_dtype(dtype)) {
-    case DType::kFloat32: int8_gemm_impl<float>(args); break;
-    case DType::kBFloat16: int8_gemm_impl<bf16>(args); break;
+    case DType::kFloat32: int8_linear_out<float>(args, out); break;
+    case DType::kBFloat16: int8_linear_out<bf16>(args, out); break;
   }
 }
 

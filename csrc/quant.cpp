@@ -25,26 +25,6 @@ namespace {
 constexpr int64_t kParallelElems = int64_t{1} << 13;
 
 template <typename T>
-void quantize_row(const T* x, float* buf, const T* gamma, const T* beta, float eps, int64_t dim,
-                  uint8_t* out, float* scale_out) {
-  load_row(x, buf, dim);
-  if (gamma != nullptr) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < dim; ++i) sum += buf[i];
-    const float mean = sum / static_cast<float>(dim);
-    float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < dim; ++i) sq += (buf[i] - mean) * (buf[i] - mean);
-    const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(dim) + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < dim; ++i)
-      buf[i] = (buf[i] - mean) * rstd * to_float(gamma[i]) + (beta ? to_float(beta[i]) : 0.0f);
-  }
-  *scale_out = quantize_row_int8<uint8_t, 128>(buf, out, dim);
-}
-
-template <typename T>
 void quantize_rows_impl(const QuantizeArgs& a) {
   const T* x = reinterpret_cast<const T*>(a.x);
   const T* gamma = reinterpret_cast<const T*>(a.gamma);

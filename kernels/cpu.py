@@ -208,26 +208,32 @@ def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torc
     return out, scales
 
 
-def int8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor,
-              w_scales: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-              act_start: int | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """See kernels.reference.int8_gemm (xq rows may be strided; residual in out_dtype)."""
-    dtype = _DTYPES.get(out_dtype)
-    if dtype is None:
+def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor,
+                bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+                eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """See kernels.reference.int8_linear: one call quantises x and runs the GEMM with its epilogue.
+    It runs once per linear layer per step, so the checks stay cheap."""
+    dtype = _dtype_name(x, "x")
+    out_dtype = out_dtype or x.dtype
+    out_name = _DTYPES.get(out_dtype)
+    if out_name is None:
         raise TypeError(f"out_dtype: the CPU kernels take float32 or bfloat16, got {out_dtype}")
-    _check_rows_2d(xq, "xq", torch.uint8)
-    num_rows, in_features = xq.shape
-    if in_features % 4:  # the kernel reads whole groups of 4 bytes: zeros past the end
-        xq = torch.nn.functional.pad(xq, (0, -in_features % 4))
+    _check_rows_2d(x, "x")
+    num_rows, in_features = x.shape
     out_features = w_scales.shape[0]
-    panels, groups = -(-out_features // 16), -(-in_features // 4)
-    if packed.shape != (panels, groups, 16, 4) or packed.dtype != torch.int8 or not packed.is_contiguous():
-        raise ValueError(f"packed: expected a contiguous int8 [{panels}, {groups}, 16, 4] tensor (pack_int8_weight), "
-                         f"got {list(packed.shape)} {packed.dtype}")
+    panels = -(-out_features // 16)
+    if (packed.shape != (panels, -(-in_features // 4), 16, 4) or packed.dtype != torch.int8
+            or not packed.is_contiguous()):
+        raise ValueError(f"packed: expected a contiguous int8 [{panels}, {-(-in_features // 4)}, 16, 4] tensor "
+                         f"(pack_int8_weight of a [{out_features}, {in_features}] weight), got "
+                         f"{list(packed.shape)} {packed.dtype}")
     colsum = _vector(colsum, "colsum", panels * 16, torch.int32)
-    x_scales = _vector(x_scales, "x_scales", num_rows, torch.float32)
     w_scales = _vector(w_scales, "w_scales", out_features, torch.float32)
     bias = _vector(bias, "bias", out_features, out_dtype)
+    if gamma is None and beta is not None:
+        raise ValueError("beta: given without gamma")
+    gamma, beta = _vector(gamma, "gamma", in_features, x.dtype), _vector(beta, "beta", in_features, x.dtype)
     if residual is not None:
         _check_rows_2d(residual, "residual", out_dtype)
         if residual.shape != (num_rows, out_features):
@@ -235,14 +241,16 @@ def int8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, co
     if act_start is not None and not 0 <= act_start <= out_features:
         raise ValueError(f"act_start: expected None or 0..{out_features}, got {act_start}")
     out = torch.empty(num_rows, out_features, dtype=out_dtype)
-    a = _cpu.Int8GemmArgs()
-    a.xq, a.x_scales, a.packed, a.colsum = xq.data_ptr(), x_scales.data_ptr(), packed.data_ptr(), colsum.data_ptr()
-    a.w_scales, a.out = w_scales.data_ptr(), out.data_ptr()
+    a = _cpu.Int8LinearArgs()
+    a.x, a.packed, a.colsum, a.w_scales, a.out = (x.data_ptr(), packed.data_ptr(), colsum.data_ptr(),
+                                                  w_scales.data_ptr(), out.data_ptr())
+    a.gamma = 0 if gamma is None else gamma.data_ptr()
+    a.beta = 0 if beta is None else beta.data_ptr()
     a.bias = 0 if bias is None else bias.data_ptr()
     a.residual = 0 if residual is None else residual.data_ptr()
-    a.num_rows, a.in_features, a.out_features = num_rows, in_features, out_features
-    a.x_stride, a.out_stride = max(xq.stride(0), xq.shape[1]), out_features
+    a.num_rows, a.in_features, a.out_features, a.eps = num_rows, in_features, out_features, float(eps)
+    a.x_stride, a.out_stride = max(x.stride(0), in_features), out_features
     a.res_stride = 0 if residual is None else max(residual.stride(0), out_features)
     a.act_start = out_features if act_start is None else int(act_start)
-    _cpu.int8_gemm(a, dtype)
+    _cpu.int8_linear(a, dtype, out_name)
     return out

@@ -150,7 +150,7 @@ def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torc
 
 
 def pack_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The int8_gemm layout of an int8 weight [out_features, in_features]:
+    """The int8_linear layout of an int8 weight [out_features, in_features]:
     packed [ceil(out / 16), ceil(in / 4), 16, 4] int8 with packed[p, k4, c, i] = weight[16 p + c, 4 k4 + i]
     (zeros past the edges: 16 output columns per panel, 4 consecutive inputs per 32-bit lane), and
     colsum [16 * ceil(out / 16)] int32, each column's sum of weights (0 on padding)."""
@@ -163,18 +163,29 @@ def pack_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, w.sum(dim=1, dtype=torch.int32)
 
 
-def int8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor,
-              w_scales: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-              act_start: int | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """act(xw^T * scales + bias) + residual of int8 activations and weights:
-    out[m, n] = act(float(acc[m, n]) * w_scales[n] * x_scales[m] + bias[n]) + residual[m, n], with
-    acc[m, n] = sum_k (xq[m, k] - 128) * w[n, k] exact in int32 and act = gelu (tanh) on columns
+def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor,
+                bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+                eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An int8 linear layer of dtype="int8": x (through the layer norm gamma, beta when gamma is
+    given) quantised per row by quantize_rows, times the int8 weight w [N, K] packed by
+    pack_int8_weight, then dequantised with the epilogue fused:
+        out[m, n] = act(float(acc[m, n]) * w_scales[n] * x_scales[m] + bias[n]) + residual[m, n]
+    with acc[m, n] = sum_k (xq[m, k] - 128) * w[n, k] exact in int32 and act = gelu (tanh) on columns
     n >= act_start (None: none).
 
-    xq: [M, K] uint8 (quantize_rows' output); x_scales: [M] fp32; packed, colsum: pack_int8_weight
-    of w [N, K]; w_scales: [N] fp32; bias: [N] and residual: [M, N] in out_dtype (fp32 or bf16).
+    x: [M, K] fp32 or bf16 (rows may be strided); gamma, beta: [K] in x's dtype; w_scales: [N] fp32;
+    bias: [N] and residual: [M, N] in out_dtype (None: x's dtype; fp32 or bf16).
     Returns a new [M, N] tensor of out_dtype."""
-    num_rows, in_features = xq.shape
+    xq, x_scales = quantize_rows(x, gamma, beta, eps)
+    return int8_gemm(xq, x_scales, packed, colsum, w_scales, bias, residual, act_start, out_dtype or x.dtype)
+
+
+def int8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor,
+              w_scales: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+              act_start: int | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """The second half of int8_linear, from quantize_rows' output (xq [M, K] uint8, x_scales [M])."""
+    in_features = xq.shape[1]
     out_features = w_scales.shape[0]
     w = packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * 16, -1)[:out_features, :in_features]
     acc = (xq.to(torch.int64) - 128) @ w.to(torch.int64).t()

@@ -113,13 +113,14 @@ def test_quantize_rows(measure, rows, provider):
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("rows", [1, 32, 2048])
-def test_int8_gemm(measure, rows, provider):
-    """fc_in of dtype="int8": [rows, hidden] x [4 * hidden, hidden] int8 with bias and gelu fused;
-    bytes = the int8 weight."""
+def test_int8_linear(measure, rows, provider):
+    """fc_in of dtype="int8": ln_2 + quantisation of [rows, hidden] bf16, x [4 * hidden, hidden] int8
+    weights, bias and gelu fused; bytes = the int8 weight."""
     w = torch.randint(-127, 128, (4 * HIDDEN, HIDDEN), dtype=torch.int8)
     packed, colsum = reference.pack_int8_weight(w)
-    xq, x_scales = torch.randint(0, 256, (rows, HIDDEN), dtype=torch.uint8), torch.rand(rows) * 1e-4
-    w_scales, bias = torch.rand(4 * HIDDEN), torch.randn(4 * HIDDEN).to(torch.bfloat16)
-    op = PROVIDERS[provider].int8_gemm
-    measure("int8_gemm", provider, f"fc_in gelu rows={rows}",
-            lambda: op(xq, x_scales, packed, colsum, w_scales, bias, None, 0), w.numel())
+    x = torch.randn(rows, HIDDEN).to(torch.bfloat16)
+    gamma, beta = torch.randn(HIDDEN).to(torch.bfloat16), torch.randn(HIDDEN).to(torch.bfloat16)
+    w_scales, bias = torch.rand(4 * HIDDEN) * 1e-3, torch.randn(4 * HIDDEN).to(torch.bfloat16)
+    op = PROVIDERS[provider].int8_linear
+    measure("int8_linear", provider, f"fc_in ln gelu rows={rows}",
+            lambda: op(x, packed, colsum, w_scales, bias, None, 0, gamma, beta), w.numel())

@@ -3,14 +3,14 @@ Int8Linear holding per-output-channel symmetric int8 weights and fp32 scales (a 
 its own int8 copy; the embedding stays bf16). Norms and attention stay bfloat16 (the KV cache
 follows kv_cache_dtype).
 
-On the CPU one call is two passes:
-    1. kernels.cpu.quantize_rows: the bf16 activations (optionally through the layer norm that feeds
-       the linear) -> per-row symmetric int8, stored as uint8 with zero point 128, + row scales;
-    2. kernels.cpu.int8_gemm: the VNNI u8 x s8 GEMM on weights packed once at load
-       (kernels.reference.pack_int8_weight) with the epilogue fused: x row scale x weight scale,
-       + bias, gelu on the columns from act_start, + residual, one bf16 (or fp32) write. About 2x the
-       bf16 GEMM on this CPU; at decode sizes 1.3-2x oneDNN's int8 GEMM plus a separate epilogue,
-       and on par in prefill (benchmarks/kernels/test_bench_int8_gemm.py).
+On the CPU one call of kernels.cpu.int8_linear does it all, in one parallel region:
+    1. the bf16 activations (optionally through the layer norm that feeds the linear) -> per-row
+       symmetric int8, stored as uint8 with zero point 128, + row scales (kernels.cpu.quantize_rows'
+       arithmetic);
+    2. the VNNI u8 x s8 GEMM on weights packed once at load (kernels.reference.pack_int8_weight)
+       with the epilogue fused: x row scale x weight scale, + bias, gelu on the columns from
+       act_start, + residual, one bf16 (or fp32) write. About 2x the bf16 GEMM on this CPU; at
+       decode sizes 1.3-2x oneDNN's int8 GEMM plus a separate epilogue, on par in prefill.
 Per-row (per-token) activation scales keep a token's result independent of the other tokens of
 the step, so batched greedy decoding gives the tokens of one-at-a-time decoding (the int32
 accumulation is exact whatever the batch). On other devices the int8 weight is dequantized to the
@@ -43,7 +43,7 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None,
                  packed: bool | None = None):
         """out_dtype: the output dtype (None: the input's); fp32 for logits, which a bf16 output would
-        round to ~0.4% and so flip near-tied argmaxes. packed: keep the weight in int8_gemm's packed
+        round to ~0.4% and so flip near-tied argmaxes. packed: keep the weight in int8_linear's packed
         layout (the CPU path; default: when the weight is on the CPU), else as [out, in] int8 that
         is dequantized per call."""
         super().__init__()
@@ -81,16 +81,16 @@ class Int8Linear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
     def _forward_packed(self, x, norm, act_start, residual):
-        if norm is None:
-            xq, row_scales = cpu_ops.quantize_rows(x)
-        else:
-            xq, row_scales = cpu_ops.quantize_rows(x, norm.weight, norm.bias, norm.eps)
+        buffers = self._buffers  # direct reads: nn.Module.__getattr__ costs ~1 us a lookup, per step
         out_dtype = self.out_dtype or x.dtype
-        bias = self.bias if self.bias is None or self.bias.dtype == out_dtype else self.bias.to(out_dtype)
+        bias = self._parameters.get("bias")
+        if bias is not None and bias.dtype != out_dtype:
+            bias = bias.to(out_dtype)
         if residual is not None and residual.dtype != out_dtype:
             residual = residual.to(out_dtype)
-        return cpu_ops.int8_gemm(xq, row_scales, self.packed_weight, self.colsum, self.scale, bias,
-                                 residual, act_start, out_dtype)
+        gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
+        return cpu_ops.int8_linear(x, buffers["packed_weight"], buffers["colsum"], buffers["scale"], bias,
+                                   residual, act_start, gamma, beta, eps, out_dtype)
 
     def _forward_dequantized(self, x, norm, act_start, residual):
         h = x if norm is None else norm(x)

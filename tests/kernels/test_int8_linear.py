@@ -1,0 +1,110 @@
+"""int8_linear (C++: per-row activation quantisation, optionally through a layer norm, then the VNNI
+GEMM with its dequantising epilogue fused) against the torch reference: odd shapes (partial 16-column
+panels, K not a multiple of 4, row tails and several row blocks), strided inputs, every epilogue
+part, both dtypes; the int32 sums exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernel_helpers import assert_close
+from kernels import reference
+
+# (rows, in_features, out_features)
+SHAPES = [(1, 7, 5), (3, 64, 16), (9, 37, 33), (33, 130, 50), (300, 96, 200), (8, 768, 2304)]
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _weights(k, n):
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    return (w, *reference.pack_int8_weight(w))
+
+
+def _strided(rows, cols, dtype, scale=1.0):
+    """[rows, cols] view whose rows are further apart than cols."""
+    return (torch.randn(rows, cols + 5) * scale)[:, 2:cols + 2].to(dtype)
+
+
+def test_pack_int8_weight_layout():
+    w = torch.randint(-127, 128, (21, 10), dtype=torch.int8)
+    packed, colsum = reference.pack_int8_weight(w)
+    assert packed.shape == (2, 3, 16, 4) and packed.dtype == torch.int8
+    for n, k in [(0, 0), (5, 9), (20, 3), (17, 6)]:
+        assert packed[n // 16, k // 4, n % 16, k % 4] == w[n, k]
+    assert (packed[1, :, 5:] == 0).all() and (packed[:, 2, :, 2:] == 0).all()  # padding
+    assert torch.equal(colsum[:21], w.sum(1, dtype=torch.int32)) and (colsum[21:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows,k,n", SHAPES)
+def test_int8_linear_sums_exact(rows, k, n, dtype, cpu_ops):
+    # Integer activations whose rows reach +-127 quantise to themselves (scale 1); with unit weight
+    # scales and an fp32 output, out holds the int32 sums (all below 2^24, exact in fp32).
+    x = torch.randint(-127, 128, (rows, k)).float()
+    x[:, 0] = 127
+    w, packed, colsum = _weights(k, n)
+    out = cpu_ops.int8_linear(x.to(dtype), packed, colsum, torch.ones(n), out_dtype=torch.float32)
+    assert torch.equal(out, (x.long() @ w.long().t()).float())
+
+
+@pytest.mark.parametrize("act_start", [None, 0, "mid"])
+@pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("norm", ["none", "layernorm"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows,k,n", SHAPES)
+def test_int8_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops):
+    w, packed, colsum = _weights(k, n)
+    x = _strided(rows, k, dtype, scale=3.0)
+    x[0] = 0  # a row of zeros quantises to scale 0
+    norm_args = {}
+    if norm == "layernorm":
+        norm_args = dict(gamma=torch.randn(k).to(dtype), beta=torch.randn(k).to(dtype), eps=1e-5)
+    w_scales = torch.rand(n) / (k * 16)
+    kwargs = dict(bias=torch.randn(n).to(dtype) if bias else None,
+                  residual=_strided(rows, n, dtype) if residual else None,
+                  act_start=max(n // 2 - 3, 1) if act_start == "mid" else act_start)
+    out = cpu_ops.int8_linear(x, packed, colsum, w_scales, **kwargs, **norm_args)
+    assert out.dtype == dtype and out.shape == (rows, n) and out.is_contiguous()
+    # The C++ quantisation (held to the reference by test_quantize_rows) may round a tie the other
+    # way; from the same int8 activations the rest must match the reference.
+    xq, x_scales = cpu_ops.quantize_rows(x, norm_args.get("gamma"), norm_args.get("beta"))
+    expected = reference.int8_gemm(xq, x_scales, packed, colsum, w_scales, out_dtype=dtype, **kwargs)
+    assert_close(out, expected)
+
+
+def test_int8_linear_fp32_logits_from_bf16(cpu_ops):
+    # The lm_head case: bf16 activations through ln_f, fp32 output.
+    w, packed, colsum = _weights(64, 300)
+    x, gamma, beta = torch.randn(5, 64).bfloat16(), torch.randn(64).bfloat16(), torch.randn(64).bfloat16()
+    w_scales = torch.rand(300) * 0.01
+    out = cpu_ops.int8_linear(x, packed, colsum, w_scales, gamma=gamma, beta=beta, out_dtype=torch.float32)
+    assert out.dtype == torch.float32
+    assert_close(out, reference.int8_linear(x, packed, colsum, w_scales, gamma=gamma, beta=beta,
+                                            out_dtype=torch.float32))
+
+
+def test_int8_linear_rejects_bad_inputs(cpu_ops):
+    w, packed, colsum = _weights(32, 20)
+    x, ws = torch.randn(4, 32).bfloat16(), torch.rand(20)
+    with pytest.raises(TypeError, match="x"):
+        cpu_ops.int8_linear(x.half(), packed, colsum, ws)
+    with pytest.raises(ValueError, match="x"):
+        cpu_ops.int8_linear(x.t(), packed, colsum, ws)
+    with pytest.raises(ValueError, match="packed"):
+        cpu_ops.int8_linear(x, packed[:1], colsum, ws)
+    with pytest.raises(ValueError, match="packed"):
+        cpu_ops.int8_linear(x, reference.pack_int8_weight(w[:, :28])[0], colsum, ws)
+    with pytest.raises(ValueError, match="w_scales"):
+        cpu_ops.int8_linear(x, packed, colsum, torch.rand(20).double())
+    with pytest.raises(ValueError, match="bias"):
+        cpu_ops.int8_linear(x, packed, colsum, ws, bias=torch.randn(20))  # fp32 bias, bf16 output
+    with pytest.raises(ValueError, match="residual"):
+        cpu_ops.int8_linear(x, packed, colsum, ws, residual=torch.randn(4, 19).bfloat16())
+    with pytest.raises(ValueError, match="gamma"):
+        cpu_ops.int8_linear(x, packed, colsum, ws, gamma=torch.randn(31).bfloat16())
+    with pytest.raises(ValueError, match="beta"):
+        cpu_ops.int8_linear(x, packed, colsum, ws, beta=torch.randn(32).bfloat16())
+    with pytest.raises(ValueError, match="act_start"):
+        cpu_ops.int8_linear(x, packed, colsum, ws, act_start=-1)
+    with pytest.raises(TypeError, match="out_dtype"):
+        cpu_ops.int8_linear(x, packed, colsum, ws, out_dtype=torch.float16)
