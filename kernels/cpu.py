@@ -208,38 +208,67 @@ def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torc
     return out, scales
 
 
-def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor,
-                bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
-                eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """See kernels.reference.int8_linear: one call quantises x and runs the GEMM with its epilogue.
-    It runs once per linear layer per step, so the checks stay cheap."""
-    dtype = _dtype_name(x, "x")
-    out_dtype = out_dtype or x.dtype
-    out_name = _DTYPES.get(out_dtype)
-    if out_name is None:
+def _vector_ok(t: torch.Tensor | None, dim: int, dtype: torch.dtype) -> bool:
+    return t is None or (t.dtype == dtype and t.shape == (dim,) and t.is_cpu and t.is_contiguous())
+
+
+def _int8_linear_ok(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> bool:
+    """The common case in a few attribute reads (a decode step makes ~50 of these calls)."""
+    if x.dtype not in _DTYPES or out_dtype not in _DTYPES or x.dim() != 2 or x.stride(1) != 1 or not x.is_cpu:
+        return False
+    rows, k = x.shape
+    n = w_scales.shape[0]
+    return (packed.shape == (-(-n // 16), -(-k // 4), 16, 4) and packed.dtype == torch.int8 and packed.is_cpu
+            and packed.is_contiguous() and _vector_ok(colsum, 16 * packed.shape[0], torch.int32)
+            and _vector_ok(w_scales, n, torch.float32) and _vector_ok(bias, n, out_dtype)
+            and _vector_ok(gamma, k, x.dtype) and _vector_ok(beta, k, x.dtype) and (gamma is not None or beta is None)
+            and (residual is None or (residual.dtype == out_dtype and residual.shape == (rows, n)
+                                      and residual.stride(1) == 1 and residual.is_cpu))
+            and (act_start is None or 0 <= act_start <= n))
+
+
+def _int8_linear_checks(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> None:
+    """The errors naming the bad argument (only reached when _int8_linear_ok fails)."""
+    _dtype_name(x, "x")
+    if out_dtype not in _DTYPES:
         raise TypeError(f"out_dtype: the CPU kernels take float32 or bfloat16, got {out_dtype}")
     _check_rows_2d(x, "x")
-    num_rows, in_features = x.shape
-    out_features = w_scales.shape[0]
+    in_features, out_features = x.shape[1], w_scales.shape[0]
     panels = -(-out_features // 16)
+    check_device(_CPU, packed=packed)
     if (packed.shape != (panels, -(-in_features // 4), 16, 4) or packed.dtype != torch.int8
             or not packed.is_contiguous()):
         raise ValueError(f"packed: expected a contiguous int8 [{panels}, {-(-in_features // 4)}, 16, 4] tensor "
                          f"(pack_int8_weight of a [{out_features}, {in_features}] weight), got "
                          f"{list(packed.shape)} {packed.dtype}")
-    colsum = _vector(colsum, "colsum", panels * 16, torch.int32)
-    w_scales = _vector(w_scales, "w_scales", out_features, torch.float32)
-    bias = _vector(bias, "bias", out_features, out_dtype)
+    for t, name, dim, dtype in ((colsum, "colsum", panels * 16, torch.int32),
+                                (w_scales, "w_scales", out_features, torch.float32),
+                                (bias, "bias", out_features, out_dtype), (gamma, "gamma", in_features, x.dtype),
+                                (beta, "beta", in_features, x.dtype)):
+        if not _vector_ok(t, dim, dtype):
+            _vector(t, name, dim, dtype)
+            raise ValueError(f"{name}: expected a contiguous [{dim}] {dtype} tensor")
     if gamma is None and beta is not None:
         raise ValueError("beta: given without gamma")
-    gamma, beta = _vector(gamma, "gamma", in_features, x.dtype), _vector(beta, "beta", in_features, x.dtype)
     if residual is not None:
         _check_rows_2d(residual, "residual", out_dtype)
-        if residual.shape != (num_rows, out_features):
-            raise ValueError(f"residual: expected shape {[num_rows, out_features]}, got {list(residual.shape)}")
+        if residual.shape != (x.shape[0], out_features):
+            raise ValueError(f"residual: expected shape {[x.shape[0], out_features]}, got {list(residual.shape)}")
     if act_start is not None and not 0 <= act_start <= out_features:
         raise ValueError(f"act_start: expected None or 0..{out_features}, got {act_start}")
+
+
+def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor,
+                bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+                eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """See kernels.reference.int8_linear: one call quantises x and runs the GEMM with its epilogue.
+    It runs once per linear layer per step, so the common case is checked in a few attribute reads."""
+    out_dtype = out_dtype or x.dtype
+    if not _int8_linear_ok(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype):
+        _int8_linear_checks(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype)
+    num_rows, in_features = x.shape
+    out_features = w_scales.shape[0]
     out = torch.empty(num_rows, out_features, dtype=out_dtype)
     a = _cpu.Int8LinearArgs()
     a.x, a.packed, a.colsum, a.w_scales, a.out = (x.data_ptr(), packed.data_ptr(), colsum.data_ptr(),
@@ -252,5 +281,5 @@ def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_s
     a.x_stride, a.out_stride = max(x.stride(0), in_features), out_features
     a.res_stride = 0 if residual is None else max(residual.stride(0), out_features)
     a.act_start = out_features if act_start is None else int(act_start)
-    _cpu.int8_linear(a, dtype, out_name)
+    _cpu.int8_linear(a, _DTYPES[x.dtype], _DTYPES[out_dtype])
     return out
