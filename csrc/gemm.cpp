@@ -185,6 +185,18 @@ void gemm_items(const Gemm<T>& g) {
 }
 #endif
 
+// Prefetches the weights of this thread's first GEMM item (schedule(static) hands thread t the t-th
+// contiguous share of the items), to arrive while the thread quantises its rows.
+template <typename T>
+void prefetch_first_group(const Gemm<T>& g) {
+  const int64_t groups = (g.P + kPanels - 1) / kPanels, items = groups * ((g.M + kRowBlock - 1) / kRowBlock);
+  const int64_t threads = omp_get_num_threads(), share = (items + threads - 1) / threads;
+  const int64_t first = omp_get_thread_num() * share;
+  if (first >= items) return;
+  const int64_t p0 = first % groups * kPanels, bytes = std::min<int64_t>(kPanels, g.P - p0) * g.K4 * 64;
+  for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(g.w + p0 * g.K4 * 64 + e, 0, 2);
+}
+
 // Quantises x (through the layer norm when gamma is given) into a per-thread scratch buffer, then
 // runs the GEMM, both in one parallel region (a barrier between them, no second fork).
 template <typename TX, typename T>
@@ -208,6 +220,7 @@ void int8_linear_impl(const Int8LinearArgs& a) {
   const TX* beta = reinterpret_cast<const TX*>(a.beta);
 #pragma omp parallel if (M * a.out_features * K > kParallelMacs)
   {
+    prefetch_first_group(g);
     std::vector<float> buf(K);  // one row in fp32
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m)
