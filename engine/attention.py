@@ -26,6 +26,11 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_blocks] int32
     seq_lens: torch.Tensor      # [num_seqs] int32
     cu_seqlens_q: torch.Tensor  # [num_seqs + 1] int32
+    # The rows whose last-layer output is needed (each sampling sequence's last row), when that is
+    # fewer than all: the last layer stores every row's K and V but runs attention, the output
+    # projection and the MLP on these rows only (a prefill chunk samples one row in ~100s).
+    last_rows: torch.Tensor | None = None         # [num_kept] int64, ascending
+    last_cu_seqlens_q: torch.Tensor | None = None  # [num_seqs + 1] int32: 0 or 1 kept row per sequence
 
 
 class PagedAttention(nn.Module):
@@ -44,12 +49,14 @@ class PagedAttention(nn.Module):
         self.v_scale: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
-                cos_sin: torch.Tensor | None) -> torch.Tensor:
-        # q, k, v: [num_tokens, num_heads, head_dim], dense last dim (views of the fused qkv are
-        # fine), rotated in place.
+                cos_sin: torch.Tensor | None, last: bool = False) -> torch.Tensor:
+        """q, k, v: [num_tokens, num_heads, head_dim], dense last dim (views of the fused qkv are
+        fine), rotated in place. last: attend from meta.last_rows only (every row's K, V stored)."""
         scales = {} if self.k_scale is None else {"k_scale": self.k_scale, "v_scale": self.v_scale}
         self.ops.rotary_store_kv(q, k, v, meta.positions, cos_sin, self.rotary_dim,
                                  self.interleaved, self.k_cache, self.v_cache, meta.slot_mapping, **scales)
+        cu_seqlens_q = meta.cu_seqlens_q
+        if last:
+            q, cu_seqlens_q = q[meta.last_rows], meta.last_cu_seqlens_q
         return self.ops.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables,
-                                        meta.seq_lens, meta.cu_seqlens_q, self.scale, self.window,
-                                        **scales)
+                                        meta.seq_lens, cu_seqlens_q, self.scale, self.window, **scales)

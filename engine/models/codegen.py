@@ -49,15 +49,18 @@ class CodeGenBlock(nn.Module):
                                   torch.cat([qkv_bias.detach(), fc_in.bias.detach()]))
         self.attn.qkv_proj = self.mlp.fc_in = None
 
-    def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor) -> torch.Tensor:
-        # Parallel residual: x + attn(ln_1(x)) + mlp(ln_1(x)), added in that order.
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor,
+                last: bool = False) -> torch.Tensor:
+        """Parallel residual: x + attn(ln_1(x)) + mlp(ln_1(x)), added in that order. last: return
+        only the rows meta.last_rows (every row's K and V are still stored)."""
+        keep = meta.last_rows if last else slice(None)
         if self.in_proj is not None:
             y = self.in_proj(x, norm=self.ln_1, act_start=self.qkv_width)
-            x = self.attn.attend(y[:, :self.qkv_width], meta, cos_sin, residual=x)
-            return project(self.mlp.fc_out, y[:, self.qkv_width:], residual=x)
+            x = self.attn.attend(y[:, :self.qkv_width], meta, cos_sin, residual=x[keep], last=last)
+            return project(self.mlp.fc_out, y[keep, self.qkv_width:], residual=x)
         h = self.ln_1(x)
-        x = self.attn(h, meta, cos_sin, residual=x)
-        return self.mlp(h, residual=x)
+        x = self.attn(h, meta, cos_sin, residual=x[keep], last=last)
+        return self.mlp(h[keep], residual=x)
 
 
 class CodeGenForCausalLM(nn.Module):
@@ -107,9 +110,11 @@ class CodeGenForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden], or of the rows
+        meta.last_rows when set (ln_f is applied by compute_logits)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, None, meta.positions)
-        for layer in self.layers:
-            x = layer(x, meta, self.cos_sin)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, meta, self.cos_sin, last=meta.last_rows is not None and i == len(self.layers) - 1)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,9 @@ class GPTNeoBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.mlp = MLP(h, config.intermediate_size, config.activation)
 
-    def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = self.attn(x, meta, None, norm=self.ln_1, residual=x)
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, last: bool = False) -> torch.Tensor:
+        """last: return only the rows meta.last_rows (every row's K and V are still stored)."""
+        x = self.attn(x, meta, None, norm=self.ln_1, residual=x[meta.last_rows] if last else x, last=last)
         return self.mlp(x, norm=self.ln_2, residual=x)
 
 
@@ -77,12 +78,12 @@ class GPTNeoForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden] (ln_f is applied
-        by compute_logits, on the rows that are sampled only)."""
+        """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden], or of the rows
+        meta.last_rows when set (ln_f is applied by compute_logits, on the sampled rows only)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, self.wpe.weight,
                                      meta.positions)
-        for layer in self.layers:
-            x = layer(x, meta)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, meta, last=meta.last_rows is not None and i == len(self.layers) - 1)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -107,16 +107,17 @@ class SelfAttention(nn.Module):
                                    interleaved)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor | None,
-                norm: nn.Module | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """residual + out_proj(attention(qkv_proj(norm(x))))."""
-        return self.attend(project(self.qkv_proj, x, norm), meta, cos_sin, residual)
+                norm: nn.Module | None = None, residual: torch.Tensor | None = None,
+                last: bool = False) -> torch.Tensor:
+        """residual + out_proj(attention(qkv_proj(norm(x)))); last: see attend."""
+        return self.attend(project(self.qkv_proj, x, norm), meta, cos_sin, residual, last)
 
     def attend(self, qkv: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor | None,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
-        """qkv: [num_tokens, 3 * hidden] (rows may be strided) -> residual + out_proj(attention)."""
-        num_tokens = qkv.shape[0]
+               residual: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
+        """qkv: [num_tokens, 3 * hidden] (rows may be strided) -> residual + out_proj(attention).
+        last: only the rows meta.last_rows come out (residual: those rows already)."""
         qkv = qkv.unflatten(1, (3, self.num_heads, self.head_dim))
         # Strided views of qkv, [num_tokens, heads, head_dim] each: the ops take a dense last dim.
         q, k, v = qkv.unbind(1)
-        out = self.attn(q, k, v, meta, cos_sin)
-        return project(self.out_proj, out.view(num_tokens, -1), residual=residual)
+        out = self.attn(q, k, v, meta, cos_sin, last)
+        return project(self.out_proj, out.flatten(1), residual=residual)
