@@ -6,7 +6,7 @@
 
 namespace py = pybind11;
 using codeinfer::AttentionArgs;
-using codeinfer::Int8LinearArgs;
+using codeinfer::PackedLinearArgs;
 using codeinfer::QuantizeArgs;
 using codeinfer::RotaryArgs;
 
@@ -49,13 +49,15 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("quantize_rows", &codeinfer::quantize_rows, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"));
 
-  py::class_<Int8LinearArgs>(m, "Int8LinearArgs")
+  py::class_<PackedLinearArgs>(m, "PackedLinearArgs")
       .def(py::init<>())
-#define FIELD(name) .def_readwrite(#name, &Int8LinearArgs::name)
+#define FIELD(name) .def_readwrite(#name, &PackedLinearArgs::name)
       FIELD(x) FIELD(gamma) FIELD(beta) FIELD(packed) FIELD(colsum) FIELD(w_scales) FIELD(bias) FIELD(residual)
       FIELD(out) FIELD(num_rows) FIELD(in_features) FIELD(out_features) FIELD(x_stride) FIELD(res_stride)
       FIELD(out_stride) FIELD(act_start) FIELD(eps);
 #undef FIELD
   m.def("int8_linear", &codeinfer::int8_linear, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"), py::arg("out_dtype"));
+  m.def("bf16_linear", &codeinfer::bf16_linear, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"), py::arg("out_dtype"));
 }

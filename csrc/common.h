@@ -177,26 +177,30 @@ inline __m512 gelu_tanh16(__m512 v) {
 }
 #endif
 
+// x through the optional layer norm (fp32 statistics; gamma null: none) into buf [dim] fp32.
+template <typename T>
+inline void norm_row(const T* x, float* buf, const T* gamma, const T* beta, float eps, int64_t dim) {
+  load_row(x, buf, dim);
+  if (gamma == nullptr) return;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < dim; ++i) sum += buf[i];
+  const float mean = sum / static_cast<float>(dim);
+  float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t i = 0; i < dim; ++i) sq += (buf[i] - mean) * (buf[i] - mean);
+  const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(dim) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i)
+    buf[i] = (buf[i] - mean) * rstd * to_float(gamma[i]) + (beta ? to_float(beta[i]) : 0.0f);
+}
+
 // One row of quantize_rows (csrc/quant.cpp; also the input half of int8_linear): x through the optional
-// layer norm (fp32 statistics) into buf, then per-row symmetric int8 + 128 into out, its scale into
-// scale_out.
+// layer norm into buf, then per-row symmetric int8 + 128 into out, its scale into scale_out.
 template <typename T>
 inline void quantize_row(const T* x, float* buf, const T* gamma, const T* beta, float eps, int64_t dim,
-                  uint8_t* out, float* scale_out) {
-  load_row(x, buf, dim);
-  if (gamma != nullptr) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < dim; ++i) sum += buf[i];
-    const float mean = sum / static_cast<float>(dim);
-    float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < dim; ++i) sq += (buf[i] - mean) * (buf[i] - mean);
-    const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(dim) + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < dim; ++i)
-      buf[i] = (buf[i] - mean) * rstd * to_float(gamma[i]) + (beta ? to_float(beta[i]) : 0.0f);
-  }
+                         uint8_t* out, float* scale_out) {
+  norm_row(x, buf, gamma, beta, eps, dim);
   *scale_out = quantize_row_int8<uint8_t, 128>(buf, out, dim);
 }
 

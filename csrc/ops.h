@@ -46,15 +46,17 @@ struct QuantizeArgs {
 
 void quantize_rows(const QuantizeArgs& args, const std::string& dtype);
 
-// Operands of int8_linear (see csrc/gemm.cpp for the packed weight layout). Strides are in elements;
-// gamma, beta (x's dtype), bias, residual (the output's dtype): 0 = absent.
-struct Int8LinearArgs {
+// Operands of int8_linear and bf16_linear (see csrc/gemm.cpp for the packed weight layouts; colsum
+// and w_scales are int8's). Strides are in elements; gamma, beta (x's dtype), bias, residual (the
+// output's dtype): 0 = absent.
+struct PackedLinearArgs {
   uintptr_t x = 0, gamma = 0, beta = 0, packed = 0, colsum = 0, w_scales = 0, bias = 0, residual = 0, out = 0;
   int64_t num_rows = 0, in_features = 0, out_features = 0, x_stride = 0, res_stride = 0, out_stride = 0;
   int64_t act_start = 0;
   float eps = 1e-5f;
 };
 
-void int8_linear(const Int8LinearArgs& args, const std::string& dtype, const std::string& out_dtype);
+void int8_linear(const PackedLinearArgs& args, const std::string& dtype, const std::string& out_dtype);
+void bf16_linear(const PackedLinearArgs& args, const std::string& dtype, const std::string& out_dtype);
 
 }  // namespace codeinfer

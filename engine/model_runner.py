@@ -9,6 +9,7 @@ import torch
 
 from engine.attention import AttentionMetadata
 from engine.config import CacheConfig, ModelConfig
+from engine.models.bf16 import pack_linears
 from engine.models.quant import quantize_linears
 from engine.sampler import SampleResult, sample
 from engine.scheduler import SchedulerOutput
@@ -72,6 +73,8 @@ class ModelRunner:
         self.model = load_model(config, model_dir, self.ops, dtype, device)
         if self.quant:
             quantize_linears(self.model)
+        elif dtype == torch.bfloat16 and device.type == "cpu":
+            pack_linears(self.model)  # the C++ bf16 GEMM (engine/models/bf16.py)
         # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
         self.sample_vocab_size = sample_vocab_size
         self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)

@@ -212,39 +212,44 @@ def _vector_ok(t: torch.Tensor | None, dim: int, dtype: torch.dtype) -> bool:
     return t is None or (t.dtype == dtype and t.shape == (dim,) and t.is_cpu and t.is_contiguous())
 
 
-def _int8_linear_ok(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> bool:
+# Packed weight layouts of the two linear ops: (weight dtype, weight values per 32-bit word).
+_PACKED = {"int8": (torch.int8, 4), "bf16": (torch.bfloat16, 2)}
+
+
+def _linear_ok(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> bool:
     """The common case in a few attribute reads (a decode step makes ~50 of these calls)."""
     if x.dtype not in _DTYPES or out_dtype not in _DTYPES or x.dim() != 2 or x.stride(1) != 1 or not x.is_cpu:
         return False
     rows, k = x.shape
-    n = w_scales.shape[0]
-    return (packed.shape == (-(-n // 16), -(-k // 4), 16, 4) and packed.dtype == torch.int8 and packed.is_cpu
-            and packed.is_contiguous() and _vector_ok(colsum, 16 * packed.shape[0], torch.int32)
-            and _vector_ok(w_scales, n, torch.float32) and _vector_ok(bias, n, out_dtype)
+    dtype, per_word = _PACKED[kind]
+    return (packed.shape == (-(-n // 16), -(-k // per_word), 16, per_word) and packed.dtype == dtype
+            and packed.is_cpu and packed.is_contiguous()
+            and (kind != "int8" or (_vector_ok(colsum, 16 * packed.shape[0], torch.int32)
+                                    and _vector_ok(w_scales, n, torch.float32)))
+            and _vector_ok(bias, n, out_dtype)
             and _vector_ok(gamma, k, x.dtype) and _vector_ok(beta, k, x.dtype) and (gamma is not None or beta is None)
             and (residual is None or (residual.dtype == out_dtype and residual.shape == (rows, n)
                                       and residual.stride(1) == 1 and residual.is_cpu))
             and (act_start is None or 0 <= act_start <= n))
 
 
-def _int8_linear_checks(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> None:
-    """The errors naming the bad argument (only reached when _int8_linear_ok fails)."""
+def _linear_checks(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> None:
+    """The errors naming the bad argument (only reached when _linear_ok fails)."""
     _dtype_name(x, "x")
     if out_dtype not in _DTYPES:
         raise TypeError(f"out_dtype: the CPU kernels take float32 or bfloat16, got {out_dtype}")
     _check_rows_2d(x, "x")
-    in_features, out_features = x.shape[1], w_scales.shape[0]
-    panels = -(-out_features // 16)
+    k = x.shape[1]
+    dtype, per_word = _PACKED[kind]
+    shape = (-(-n // 16), -(-k // per_word), 16, per_word)
     check_device(_CPU, packed=packed)
-    if (packed.shape != (panels, -(-in_features // 4), 16, 4) or packed.dtype != torch.int8
-            or not packed.is_contiguous()):
-        raise ValueError(f"packed: expected a contiguous int8 [{panels}, {-(-in_features // 4)}, 16, 4] tensor "
-                         f"(pack_int8_weight of a [{out_features}, {in_features}] weight), got "
-                         f"{list(packed.shape)} {packed.dtype}")
-    for t, name, dim, dtype in ((colsum, "colsum", panels * 16, torch.int32),
-                                (w_scales, "w_scales", out_features, torch.float32),
-                                (bias, "bias", out_features, out_dtype), (gamma, "gamma", in_features, x.dtype),
-                                (beta, "beta", in_features, x.dtype)):
+    if packed.shape != shape or packed.dtype != dtype or not packed.is_contiguous():
+        raise ValueError(f"packed: expected a contiguous {dtype} {list(shape)} tensor (pack_{kind}_weight of a "
+                         f"[{n}, {k}] weight), got {list(packed.shape)} {packed.dtype}")
+    vectors = [(bias, "bias", n, out_dtype), (gamma, "gamma", k, x.dtype), (beta, "beta", k, x.dtype)]
+    if kind == "int8":
+        vectors += [(colsum, "colsum", shape[0] * 16, torch.int32), (w_scales, "w_scales", n, torch.float32)]
+    for t, name, dim, dtype in vectors:
         if not _vector_ok(t, dim, dtype):
             _vector(t, name, dim, dtype)
             raise ValueError(f"{name}: expected a contiguous [{dim}] {dtype} tensor")
@@ -252,10 +257,32 @@ def _int8_linear_checks(x, packed, colsum, w_scales, bias, residual, act_start, 
         raise ValueError("beta: given without gamma")
     if residual is not None:
         _check_rows_2d(residual, "residual", out_dtype)
-        if residual.shape != (x.shape[0], out_features):
-            raise ValueError(f"residual: expected shape {[x.shape[0], out_features]}, got {list(residual.shape)}")
-    if act_start is not None and not 0 <= act_start <= out_features:
-        raise ValueError(f"act_start: expected None or 0..{out_features}, got {act_start}")
+        if residual.shape != (x.shape[0], n):
+            raise ValueError(f"residual: expected shape {[x.shape[0], n]}, got {list(residual.shape)}")
+    if act_start is not None and not 0 <= act_start <= n:
+        raise ValueError(f"act_start: expected None or 0..{n}, got {act_start}")
+
+
+def _linear(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, eps, out_dtype):
+    out_dtype = out_dtype or x.dtype
+    if not _linear_ok(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype):
+        _linear_checks(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype)
+    num_rows, in_features = x.shape
+    out = torch.empty(num_rows, n, dtype=out_dtype)
+    a = _cpu.PackedLinearArgs()
+    a.x, a.packed, a.out = x.data_ptr(), packed.data_ptr(), out.data_ptr()
+    if kind == "int8":
+        a.colsum, a.w_scales = colsum.data_ptr(), w_scales.data_ptr()
+    a.gamma = 0 if gamma is None else gamma.data_ptr()
+    a.beta = 0 if beta is None else beta.data_ptr()
+    a.bias = 0 if bias is None else bias.data_ptr()
+    a.residual = 0 if residual is None else residual.data_ptr()
+    a.num_rows, a.in_features, a.out_features, a.eps = num_rows, in_features, n, float(eps)
+    a.x_stride, a.out_stride = max(x.stride(0), in_features), n
+    a.res_stride = 0 if residual is None else max(residual.stride(0), n)
+    a.act_start = n if act_start is None else int(act_start)
+    (_cpu.int8_linear if kind == "int8" else _cpu.bf16_linear)(a, _DTYPES[x.dtype], _DTYPES[out_dtype])
+    return out
 
 
 def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor,
@@ -264,22 +291,14 @@ def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_s
                 eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """See kernels.reference.int8_linear: one call quantises x and runs the GEMM with its epilogue.
     It runs once per linear layer per step, so the common case is checked in a few attribute reads."""
-    out_dtype = out_dtype or x.dtype
-    if not _int8_linear_ok(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype):
-        _int8_linear_checks(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype)
-    num_rows, in_features = x.shape
-    out_features = w_scales.shape[0]
-    out = torch.empty(num_rows, out_features, dtype=out_dtype)
-    a = _cpu.Int8LinearArgs()
-    a.x, a.packed, a.colsum, a.w_scales, a.out = (x.data_ptr(), packed.data_ptr(), colsum.data_ptr(),
-                                                  w_scales.data_ptr(), out.data_ptr())
-    a.gamma = 0 if gamma is None else gamma.data_ptr()
-    a.beta = 0 if beta is None else beta.data_ptr()
-    a.bias = 0 if bias is None else bias.data_ptr()
-    a.residual = 0 if residual is None else residual.data_ptr()
-    a.num_rows, a.in_features, a.out_features, a.eps = num_rows, in_features, out_features, float(eps)
-    a.x_stride, a.out_stride = max(x.stride(0), in_features), out_features
-    a.res_stride = 0 if residual is None else max(residual.stride(0), out_features)
-    a.act_start = out_features if act_start is None else int(act_start)
-    _cpu.int8_linear(a, _DTYPES[x.dtype], _DTYPES[out_dtype])
-    return out
+    return _linear("int8", x, packed, w_scales.shape[0], colsum, w_scales, bias, residual, act_start, gamma,
+                   beta, eps, out_dtype)
+
+
+def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None, act_start: int | None = None,
+                gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None, eps: float = 1e-5,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """See kernels.reference.bf16_linear (one call: layer norm, bf16 GEMM, epilogue)."""
+    return _linear("bf16", x, packed, out_features, None, None, bias, residual, act_start, gamma, beta, eps,
+                   out_dtype)

@@ -197,3 +197,39 @@ def int8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, co
     if residual is not None:
         v = v + residual.float()
     return v.to(out_dtype)
+
+
+def pack_bf16_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The bf16_linear layout of a bf16 weight [out_features, in_features]:
+    [ceil(out / 16), ceil(in / 2), 16, 2] bf16 with packed[p, k2, c, i] = weight[16 p + c, 2 k2 + i]
+    (zeros past the edges: 16 output columns per panel, a pair of inputs per 32-bit word)."""
+    if weight.dtype != torch.bfloat16 or weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-d bfloat16 tensor, got {list(weight.shape)} {weight.dtype}")
+    w = torch.nn.functional.pad(weight, (0, -weight.shape[1] % 2, 0, -weight.shape[0] % 16))
+    return w.view(w.shape[0] // 16, 16, w.shape[1] // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None, act_start: int | None = None,
+                gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None, eps: float = 1e-5,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A bf16 linear layer: x (through the layer norm gamma, beta when gamma is given, in fp32) rounded
+    to bf16, times the bf16 weight w [N, K] packed by pack_bf16_weight with fp32 sums, then
+    out = act(h w^T + bias) + residual, act = gelu (tanh) on columns >= act_start (None: none).
+
+    x: [M, K] fp32 or bf16 (rows may be strided); gamma, beta: [K] in x's dtype; bias: [N] and
+    residual: [M, N] in out_dtype (None: x's dtype; fp32 or bf16). fp32 out_dtype gives the exact
+    fp32 results of the bf16 operands (logits without bf16 rounding). Returns a new [M, N] tensor."""
+    out_dtype = out_dtype or x.dtype
+    h = x.float()
+    if gamma is not None:
+        h = torch.nn.functional.layer_norm(h, (x.shape[1],), gamma.float(), None if beta is None else beta.float(), eps)
+    w = packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * 16, -1)[:out_features, :x.shape[1]]
+    v = h.to(torch.bfloat16).float() @ w.float().t()
+    if bias is not None:
+        v = v + bias.float()
+    if act_start is not None:
+        v[:, act_start:] = torch.nn.functional.gelu(v[:, act_start:], approximate="tanh")
+    if residual is not None:
+        v = v + residual.float()
+    return v.to(out_dtype)

@@ -9,7 +9,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
-from engine.models.layers import INT8_FUSED_ACTS, MLP, SelfAttention, logits_fp32, project
+from engine.models.layers import FUSED_ACTS, MLP, SelfAttention, logits_fp32, project
 from engine.models.quant import Int8Linear
 from kernels.reference import rotary_cos_sin
 
@@ -41,7 +41,7 @@ class CodeGenBlock(nn.Module):
     def quantize(self) -> None:
         """dtype int8: qkv_proj and fc_in read the same ln_1 output, so one int8 GEMM computes both
         ([3 * hidden + inner, hidden] weights, the gelu applied to the fc_in columns in its epilogue)."""
-        if self.mlp.act_name not in INT8_FUSED_ACTS:
+        if self.mlp.act_name not in FUSED_ACTS:
             return
         qkv, fc_in = self.attn.qkv_proj, self.mlp.fc_in
         qkv_bias = torch.zeros(qkv.out_features, dtype=qkv.weight.dtype) if qkv.bias is None else qkv.bias

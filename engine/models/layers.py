@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.attention import AttentionMetadata, PagedAttention
+from engine.models.bf16 import Bf16Linear
 from engine.models.quant import Int8Linear
 
 
@@ -32,18 +33,19 @@ HAS_LINEAR_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.op
                                                                         "_linear_pointwise")
 
 
-# Activations the int8 epilogue computes (engine/models/quant.py): GPT-2's tanh gelu.
-INT8_FUSED_ACTS = {"gelu_new", "gelu_fast"}
+# Activations the epilogue of the packed CPU linears computes (Int8Linear, Bf16Linear): GPT-2's tanh gelu.
+FUSED_ACTS = {"gelu_new", "gelu_fast"}
+PACKED_LINEARS = (Int8Linear, Bf16Linear)
 
 
 def project(linear: nn.Module, x: torch.Tensor, norm: nn.Module | None = None, act: str | None = None,
             residual: torch.Tensor | None = None) -> torch.Tensor:
-    """residual + act(linear(norm(x))), each part optional. An Int8Linear (dtype int8) fuses the norm
-    into its activation quantization and the tanh gelu and residual into its epilogue; bf16 on the
-    CPU fuses the activation into the GEMM; fp32 keeps the unfused ops, so fp32 outputs match
-    transformers exactly."""
-    if isinstance(linear, Int8Linear):
-        fused = act is None or act in INT8_FUSED_ACTS
+    """residual + act(linear(norm(x))), each part optional. The packed CPU linears (Int8Linear of
+    dtype int8, Bf16Linear of bf16 models) fuse the norm into their input pass and the tanh gelu and
+    residual into their epilogue; a plain bf16 linear on the CPU fuses the activation into the oneDNN
+    GEMM; fp32 keeps the unfused ops, so fp32 outputs match transformers exactly."""
+    if isinstance(linear, PACKED_LINEARS):
+        fused = act is None or act in FUSED_ACTS
         y = linear(x, norm=norm, act_start=0 if act is not None and fused else None,
                    residual=residual if fused else None)
         return y if fused else residual_add(activation(act)(y), residual)
@@ -64,8 +66,8 @@ def logits_fp32(lm_head: nn.Module, norm: nn.Module, hidden: torch.Tensor, refin
     """[rows, hidden] -> fp32 logits of lm_head(norm(hidden)). A bf16 GEMM rounds its outputs to bf16
     (~0.4% apart, which flips near-tied argmaxes: fp32 agreement of the bundled model's bf16 argmax
     98.97% -> 99.6%), so each row's `refine` largest logits are recomputed in fp32 from the same bf16
-    operands. An Int8Linear head writes fp32 itself; fp32 heads are exact already."""
-    if isinstance(lm_head, Int8Linear):
+    operands. A packed head (Int8Linear, Bf16Linear) writes fp32 itself; fp32 heads are exact already."""
+    if isinstance(lm_head, PACKED_LINEARS):
         return project(lm_head, hidden, norm=norm).float()
     h = norm(hidden)
     logits = lm_head(h)
