@@ -124,3 +124,19 @@ def test_int8_linear(measure, rows, provider):
     op = PROVIDERS[provider].int8_linear
     measure("int8_linear", provider, f"fc_in ln gelu rows={rows}",
             lambda: op(x, packed, colsum, w_scales, bias, None, 0, gamma, beta), w.numel())
+
+
+@pytest.mark.parametrize("provider", ["torch", "cpu"])
+@pytest.mark.parametrize("rows", [1, 32, 2048])
+def test_bf16_linear(measure, rows, provider):
+    """fc_in of a bf16 model: [rows, hidden] x [4 * hidden, hidden] bf16 with bias and gelu; "torch"
+    is what the engine ran before (oneDNN's GEMM with the gelu post-op), "cpu" the packed C++ GEMM;
+    bytes = the bf16 weight."""
+    w = torch.randn(4 * HIDDEN, HIDDEN).to(torch.bfloat16)
+    packed, bias = reference.pack_bf16_weight(w), torch.randn(4 * HIDDEN).to(torch.bfloat16)
+    x = torch.randn(rows, HIDDEN).to(torch.bfloat16)
+    if provider == "torch":
+        fn = lambda: torch.ops.mkldnn._linear_pointwise(x, w, bias, "gelu", [], "tanh")  # noqa: E731
+    else:
+        fn = lambda: cpu.bf16_linear(x, packed, 4 * HIDDEN, bias, None, 0)  # noqa: E731
+    measure("bf16_linear", provider, f"fc_in gelu rows={rows}", fn, 2 * w.numel())
