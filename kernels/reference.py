@@ -185,11 +185,19 @@ def int8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, co
               w_scales: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
               act_start: int | None, out_dtype: torch.dtype) -> torch.Tensor:
     """The second half of int8_linear, from quantize_rows' output (xq [M, K] uint8, x_scales [M])."""
-    in_features = xq.shape[1]
-    out_features = w_scales.shape[0]
-    w = packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * 16, -1)[:out_features, :in_features]
+    w = _unpack(packed, w_scales.shape[0], xq.shape[1])
     acc = (xq.to(torch.int64) - 128) @ w.to(torch.int64).t()
     v = acc.to(torch.int32).float() * w_scales * x_scales[:, None]
+    return _epilogue(v, bias, residual, act_start, out_dtype)
+
+
+def _unpack(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """The [out_features, in_features] weight of a packed [panels, words, 16, per_word] layout."""
+    return packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * 16, -1)[:out_features, :in_features]
+
+
+def _epilogue(v: torch.Tensor, bias, residual, act_start, out_dtype) -> torch.Tensor:
+    """act(v + bias) + residual in fp32, act = tanh gelu on columns >= act_start; rounded once."""
     if bias is not None:
         v = v + bias.float()
     if act_start is not None:
@@ -224,12 +232,5 @@ def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: 
     h = x.float()
     if gamma is not None:
         h = torch.nn.functional.layer_norm(h, (x.shape[1],), gamma.float(), None if beta is None else beta.float(), eps)
-    w = packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * 16, -1)[:out_features, :x.shape[1]]
-    v = h.to(torch.bfloat16).float() @ w.float().t()
-    if bias is not None:
-        v = v + bias.float()
-    if act_start is not None:
-        v[:, act_start:] = torch.nn.functional.gelu(v[:, act_start:], approximate="tanh")
-    if residual is not None:
-        v = v + residual.float()
-    return v.to(out_dtype)
+    v = h.to(torch.bfloat16).float() @ _unpack(packed, out_features, x.shape[1]).float().t()
+    return _epilogue(v, bias, residual, act_start, out_dtype)
