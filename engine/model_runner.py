@@ -150,15 +150,15 @@ class ModelRunner:
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             cu_seqlens_q=torch.tensor(cu_seqlens_q, dtype=torch.int32, device=dev),
         )
-        kept = sorted(set(sample_rows))  # forks sample from their parent's row
+        kept = {r: i for i, r in enumerate(sorted(set(sample_rows)))}  # forks share their parent's row
         if len(kept) < len(input_ids):
             # The last layer needs only these rows, each its sequence's last (kept_cu: 1 per sampler).
             kept_cu = [0]
             for b in range(len(seq_lens)):
                 kept_cu.append(kept_cu[-1] + (cu_seqlens_q[b + 1] - 1 in kept))
-            meta.last_rows = torch.tensor(kept, dtype=torch.int64, device=dev)
+            meta.last_rows = torch.tensor(list(kept), dtype=torch.int64, device=dev)
             meta.last_cu_seqlens_q = torch.tensor(kept_cu, dtype=torch.int32, device=dev)
-            sample_rows = [kept.index(r) for r in sample_rows]
+            sample_rows = [kept[r] for r in sample_rows]
         ids = torch.tensor(input_ids, dtype=torch.int64, device=dev)
         mods = torch.tensor(modality, dtype=torch.int64, device=dev)
         return ids, mods, meta, sample_rows, sample_seqs
