@@ -51,10 +51,14 @@ class Bf16Linear(nn.Module):
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Replace every bf16 nn.Linear of a CPU model by a Bf16Linear (a tied lm_head gets its own packed
-    copy; the lm_head writes fp32). No-op without the C++ extension."""
+    """Replace every bf16 nn.Linear of a CPU model by a Bf16Linear (a block with a `merge_projections`
+    method merges its own first; a tied lm_head gets its own packed copy; the lm_head writes fp32).
+    No-op without the C++ extension."""
     if cpu_ops is None:
         return model
+    for module in list(model.modules()):
+        if hasattr(module, "merge_projections"):
+            module.merge_projections(Bf16Linear)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.is_cpu:

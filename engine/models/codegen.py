@@ -10,7 +10,6 @@ from torch import nn
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
 from engine.models.layers import FUSED_ACTS, MLP, SelfAttention, logits_fp32, project
-from engine.models.quant import Int8Linear
 from kernels.reference import rotary_cos_sin
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are 4 chunks of [q | v | k].
@@ -35,17 +34,18 @@ class CodeGenBlock(nn.Module):
                                   rotary_dim=config.rotary_dim, interleaved=True,
                                   qkv_bias=False, out_bias=False)
         self.mlp = MLP(h, config.intermediate_size, config.activation)
-        self.in_proj: Int8Linear | None = None  # dtype int8: qkv_proj and fc_in as one GEMM
+        self.in_proj: nn.Module | None = None  # packed CPU linears: qkv_proj and fc_in as one GEMM
         self.qkv_width = 3 * h
 
-    def quantize(self) -> None:
-        """dtype int8: qkv_proj and fc_in read the same ln_1 output, so one int8 GEMM computes both
-        ([3 * hidden + inner, hidden] weights, the gelu applied to the fc_in columns in its epilogue)."""
+    def merge_projections(self, linear_cls) -> None:
+        """Packed CPU linears (Int8Linear, Bf16Linear): qkv_proj and fc_in read the same ln_1 output,
+        so one GEMM computes both ([3 * hidden + inner, hidden] weights, ln_1 in its input pass, the
+        gelu applied to the fc_in columns in its epilogue)."""
         if self.mlp.act_name not in FUSED_ACTS:
             return
         qkv, fc_in = self.attn.qkv_proj, self.mlp.fc_in
         qkv_bias = torch.zeros(qkv.out_features, dtype=qkv.weight.dtype) if qkv.bias is None else qkv.bias
-        self.in_proj = Int8Linear(torch.cat([qkv.weight, fc_in.weight]),
+        self.in_proj = linear_cls(torch.cat([qkv.weight, fc_in.weight]),
                                   torch.cat([qkv_bias.detach(), fc_in.bias.detach()]))
         self.attn.qkv_proj = self.mlp.fc_in = None
 

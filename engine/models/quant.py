@@ -105,12 +105,11 @@ class Int8Linear(nn.Module):
 
 
 def quantize_linears(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear by an Int8Linear; a module with a `quantize()` method (a block that
-    merges projections) does its own first. A linear tied to an embedding gets an int8 copy; the
-    lm_head writes fp32 logits."""
+    """Replace every nn.Linear by an Int8Linear; a block with a `merge_projections` method merges its
+    own first. A linear tied to an embedding gets an int8 copy; the lm_head writes fp32 logits."""
     for module in list(model.modules()):
-        if hasattr(module, "quantize"):
-            module.quantize()
+        if hasattr(module, "merge_projections"):
+            module.merge_projections(Int8Linear)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
