@@ -563,7 +563,9 @@ void attend_item(const AttentionArgs& a, const WorkItem& w, Scratch& s, const Wo
       }
     }
   }
-finish:
+#if defined(__AVX512F__)
+finish:  // the decode fast path jumps here
+#endif
   for (int64_t r = 0; r < num_rows; ++r)
     for (int64_t g = 0; g < num_group; ++g) {
       const int64_t i = r * num_group + g;
