@@ -136,7 +136,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
                   eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric int8 quantisation of activations, stored as uint8 with zero point 128 (the
-    input layout of oneDNN's u8 x s8 GEMM), optionally after a layer norm computed in fp32.
+    input of int8_linear's u8 x s8 VNNI GEMM), optionally after a layer norm computed in fp32.
 
     x: [num_rows, dim] (rows may be strided); gamma, beta: [dim] or None (no layer norm).
     Returns (xq [num_rows, dim] uint8, scales [num_rows] fp32) with
