@@ -13,7 +13,7 @@ from engine.models.bf16 import pack_linears
 from engine.models.quant import quantize_linears
 from engine.sampler import SampleResult, sample
 from engine.scheduler import SchedulerOutput
-from engine.weights import load_model
+from engine.weights import load_model, release_freed_memory
 
 # Without num_kv_blocks, the CPU KV cache takes at most this fraction of the available RAM, and at
 # most CPU_KV_MEMORY_CAP bytes: the cache is zeroed (faulted in) at start-up, ~0.2-0.8 s per GiB here.
@@ -70,11 +70,15 @@ class ModelRunner:
         dtype = torch.bfloat16 if self.quant else dtype
         self.config, self.device, self.dtype, self.block_size = config, device, dtype, cache.block_size
         self.ops = select_ops(attention_backend, device)
-        self.model = load_model(config, model_dir, self.ops, dtype, device)
-        if self.quant:
-            quantize_linears(self.model)
-        elif dtype == torch.bfloat16 and device.type == "cpu":
-            pack_linears(self.model)  # the C++ bf16 GEMM (engine/models/bf16.py)
+        # int8: quantized block by block while loading; bf16 on the CPU: packed for the C++ GEMM
+        # (engine/models/bf16.py). Then once more over the model for what is outside the blocks.
+        prepare = quantize_linears if self.quant else None
+        if not self.quant and dtype == torch.bfloat16 and device.type == "cpu":
+            prepare = pack_linears
+        self.model = load_model(config, model_dir, self.ops, dtype, device, prepare_block=prepare)
+        if prepare is not None:
+            prepare(self.model)
+            release_freed_memory()
         # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
         self.sample_vocab_size = sample_vocab_size
         self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)

@@ -132,3 +132,50 @@ def test_missing_pieces(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no config.json"):
         LLM(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("which", ["codegen", "gptneo"])
+def test_blocks_prepared_while_loading(tiny_codegen_dir, tiny_gptneo_dir, which):
+    # dtype int8 quantises each block as soon as its weights are in (GPT-Neo's q, k, v shards
+    # included): once per block, with every weight of the block loaded, and the result is the
+    # model quantised after loading.
+    from engine.models.quant import quantize_linears
+    from engine.weights import load_model
+    from kernels import reference
+    path = tiny_codegen_dir if which == "codegen" else tiny_gptneo_dir
+    config = load_config(path)
+    after = quantize_linears(load_model(config, path, reference, torch.bfloat16, torch.device("cpu")))
+    seen = []
+
+    def prepare(block):
+        seen.append(block)
+        quantize_linears(block)
+
+    streamed = load_model(config, path, reference, torch.bfloat16, torch.device("cpu"), prepare_block=prepare)
+    assert sorted(map(id, seen)) == sorted(map(id, streamed.layers))  # each block once
+    assert not any(type(m) is torch.nn.Linear for m in streamed.layers.modules())
+    quantize_linears(streamed)  # the rest (lm_head); prepared blocks are left alone
+    expected = after.state_dict()
+    for name, value in streamed.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_read_safetensors_matches_the_library(tmp_path):
+    # The loader reads .safetensors with plain file reads (no mmap): same tensors as the library, and
+    # offsets that leave the file are an error, not a read past it.
+    from engine.weights import read_safetensors
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(7).bfloat16(), "c": torch.arange(6, dtype=torch.int64),
+               "d": torch.randn(2, 2, 2).half(), "e": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    got = dict(read_safetensors(tmp_path / "x.safetensors"))
+    assert got.keys() == tensors.keys()
+    for name, t in load_file(str(tmp_path / "x.safetensors")).items():
+        assert got[name].dtype == t.dtype and torch.equal(got[name], t), name
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["a"]["data_offsets"][1] += 4  # no longer the size of a [3, 5] fp32 tensor
+    bad = json.dumps(header).encode()
+    (tmp_path / "bad.safetensors").write_bytes(len(bad).to_bytes(8, "little") + bad + raw[8 + n:])
+    with pytest.raises(ValueError, match="data offsets"):
+        dict(read_safetensors(tmp_path / "bad.safetensors"))

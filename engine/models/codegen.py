@@ -41,7 +41,7 @@ class CodeGenBlock(nn.Module):
         """Packed CPU linears (Int8Linear, Bf16Linear): qkv_proj and fc_in read the same ln_1 output,
         so one GEMM computes both ([3 * hidden + inner, hidden] weights, ln_1 in its input pass, the
         gelu applied to the fc_in columns in its epilogue)."""
-        if self.mlp.act_name not in FUSED_ACTS:
+        if self.mlp.act_name not in FUSED_ACTS or self.in_proj is not None:
             return
         qkv, fc_in = self.attn.qkv_proj, self.mlp.fc_in
         qkv_bias = torch.zeros(qkv.out_features, dtype=qkv.weight.dtype) if qkv.bias is None else qkv.bias

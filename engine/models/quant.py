@@ -29,11 +29,16 @@ except ImportError:  # the C++ extension is not built: the reference ops (slow, 
     cpu_ops = reference_ops
 
 
-def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[out, in] float -> (int8 [out, in], fp32 scales [out]) with weight ~= q * scale[:, None]."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+def quantize_per_channel(weight: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (int8 [out, in], fp32 scales [out]) with weight ~= q * scale[:, None].
+    `rows` output channels at a time, so the fp32 temporaries of a large lm_head stay small."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], device=weight.device)
+    for r in range(0, weight.shape[0], rows):
+        w = weight[r:r + rows].detach().float()
+        s = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+        q[r:r + rows] = torch.round(w / s[:, None]).clamp_(-127, 127)
+        scale[r:r + rows] = s
     return q, scale
 
 
