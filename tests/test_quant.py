@@ -89,12 +89,14 @@ def test_int8_generates_and_merges_codegen_projections(tiny_codegen_dir):
     assert all(len(o.outputs[0].token_ids) == 8 for o in outs)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
 @pytest.mark.parametrize("which", ["codegen", "gptneo"])
-def test_int8_batched_equals_single(tiny_codegen_dir, tiny_gptneo_dir, which):
-    # Per-row activation scales and exact int32 accumulation: a row's int8 result does not depend on
-    # the other rows of the step, so batching (and chunking) leaves greedy tokens unchanged.
+def test_packed_batched_equals_single(tiny_codegen_dir, tiny_gptneo_dir, which, dtype):
+    # The packed CPU GEMMs sum each output over k in a fixed order whatever the number of rows, and
+    # int8 scales activations per row (exact int32 sums): a row's result does not depend on the
+    # other rows of the step, so batching (and chunking) leaves greedy tokens unchanged.
     model = tiny_codegen_dir if which == "codegen" else tiny_gptneo_dir
-    llm = LLM(model=str(model), dtype="int8", num_kv_blocks=256, enable_prefix_caching=False)
+    llm = LLM(model=str(model), dtype=dtype, num_kv_blocks=256, enable_prefix_caching=False)
     gen = torch.Generator().manual_seed(3)
     prompts = [{"prompt_token_ids": torch.randint(0, 200, (n,), generator=gen).tolist()}
                for n in (5, 17, 40, 3, 64, 23)]
