@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.models.quant import packed_operands, replace_linears
 from kernels import reference as reference_ops
 
 try:
@@ -35,13 +36,9 @@ class Bf16Linear(nn.Module):
         on output columns >= act_start (None: none); residual: [..., out] added last."""
         shape = x.shape
         x = x.reshape(-1, self.in_features)
-        out_dtype = self.out_dtype or x.dtype
         if residual is not None:
-            residual = residual.reshape(-1, self.out_features).to(out_dtype)
-        bias = self._parameters.get("bias")  # direct reads: nn.Module.__getattr__ costs ~1 us a lookup
-        if bias is not None and bias.dtype != out_dtype:
-            bias = bias.to(out_dtype)
-        gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
+            residual = residual.reshape(-1, self.out_features)
+        out_dtype, bias, residual, gamma, beta, eps = packed_operands(self, x, norm, residual)
         y = cpu_ops.bf16_linear(x, self._buffers["packed_weight"], self.out_features, bias, residual, act_start,
                                 gamma, beta, eps, out_dtype)
         return y.view(*shape[:-1], self.out_features)
@@ -56,12 +53,5 @@ def pack_linears(model: nn.Module) -> nn.Module:
     No-op without the C++ extension."""
     if cpu_ops is None:
         return model
-    for module in list(model.modules()):
-        if hasattr(module, "merge_projections"):
-            module.merge_projections(Bf16Linear)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.is_cpu:
-                out_dtype = torch.float32 if name == "lm_head" else None
-                setattr(parent, name, Bf16Linear(child.weight, child.bias, out_dtype))
-    return model
+    return replace_linears(model, Bf16Linear,
+                           accept=lambda linear: linear.weight.dtype == torch.bfloat16 and linear.weight.is_cpu)

@@ -87,13 +87,7 @@ class Int8Linear(nn.Module):
 
     def _forward_packed(self, x, norm, act_start, residual):
         buffers = self._buffers  # direct reads: nn.Module.__getattr__ costs ~1 us a lookup, per step
-        out_dtype = self.out_dtype or x.dtype
-        bias = self._parameters.get("bias")
-        if bias is not None and bias.dtype != out_dtype:
-            bias = bias.to(out_dtype)
-        if residual is not None and residual.dtype != out_dtype:
-            residual = residual.to(out_dtype)
-        gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
+        out_dtype, bias, residual, gamma, beta, eps = packed_operands(self, x, norm, residual)
         return cpu_ops.int8_linear(x, buffers["packed_weight"], buffers["colsum"], buffers["scale"], bias,
                                    residual, act_start, gamma, beta, eps, out_dtype)
 
@@ -109,15 +103,35 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_linears(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear by an Int8Linear; a block with a `merge_projections` method merges its
-    own first. A linear tied to an embedding gets an int8 copy; the lm_head writes fp32 logits."""
+def packed_operands(linear: nn.Module, x: torch.Tensor, norm: nn.LayerNorm | None,
+                    residual: torch.Tensor | None):
+    """(out_dtype, bias, residual, gamma, beta, eps) of a packed CPU linear's call (Int8Linear,
+    Bf16Linear): bias and residual in the output dtype, the norm's parameters or None."""
+    out_dtype = linear.out_dtype or x.dtype
+    bias = linear._parameters.get("bias")  # direct read: nn.Module.__getattr__ costs ~1 us
+    if bias is not None and bias.dtype != out_dtype:
+        bias = bias.to(out_dtype)
+    if residual is not None and residual.dtype != out_dtype:
+        residual = residual.to(out_dtype)
+    gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
+    return out_dtype, bias, residual, gamma, beta, eps
+
+
+def replace_linears(model: nn.Module, linear_cls, accept=lambda linear: True) -> nn.Module:
+    """Replace every nn.Linear that `accept` takes by linear_cls(weight, bias, out_dtype); a block
+    with a `merge_projections` method merges its own first. A linear tied to an embedding gets its
+    own copy; the lm_head writes fp32 logits."""
     for module in list(model.modules()):
         if hasattr(module, "merge_projections"):
-            module.merge_projections(Int8Linear)
+            module.merge_projections(linear_cls)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and accept(child):
                 out_dtype = torch.float32 if name == "lm_head" else None
-                setattr(parent, name, Int8Linear.from_linear(child, out_dtype))
+                setattr(parent, name, linear_cls(child.weight, child.bias, out_dtype))
     return model
+
+
+def quantize_linears(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear by an Int8Linear (see replace_linears)."""
+    return replace_linears(model, Int8Linear)
