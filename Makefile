@@ -7,9 +7,18 @@ TORCH := torch==2.13.0
 CPU_EXT_STAMP := $(VENV)/.cpu-ext-built
 CSRC := $(wildcard csrc/*.cpp csrc/*.h) CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup sandbox-tool demo test bench clean
 
-setup: $(CPU_EXT_STAMP)
+setup: $(CPU_EXT_STAMP) sandbox-tool
+
+# `codeinfer eval` runs model-written code only inside bubblewrap: install it when missing and we
+# can (root + apt), else say what to install.
+sandbox-tool:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; \
+	  else echo "note: install bubblewrap (bwrap) for the HumanEval sandbox and its tests"; fi; }
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

@@ -5,7 +5,8 @@ import sys
 
 from engine.humaneval import evaluate, get_preset, read_problems, read_samples, write_samples
 from engine.humaneval.presets import PRESETS
-from engine.humaneval.sandbox import DEFAULT_TIMEOUT
+from engine.humaneval.isolation import IsolationUnavailable
+from engine.humaneval.sandbox import DEFAULT_TIMEOUT, check_isolation
 
 
 def register(subparsers) -> None:
@@ -34,6 +35,9 @@ def register(subparsers) -> None:
                    help="write every sample with its verdict (jsonl)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per program")
     p.add_argument("--workers", type=int, default=None, help="parallel sandbox processes")
+    p.add_argument("--unsafe-no-isolation", action="store_true",
+                   help="run model-written programs WITHOUT the bubblewrap sandbox (only rlimits "
+                        "and a timeout): only for trusted samples on a machine without bwrap")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -80,10 +84,16 @@ def run(args: argparse.Namespace) -> int:
         if samples is None:
             from engine import LLM
             llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed)
+        if args.unsafe_no_isolation:
+            print("codeinfer eval: warning: --unsafe-no-isolation: model output runs with your "
+                  "privileges, outside any sandbox", file=sys.stderr)
+        else:
+            check_isolation()  # before loading a model or generating anything
         result, executed = evaluate(problems, preset, llm=llm, samples=samples,
                                     timeout=args.timeout, workers=args.workers,
-                                    show_progress=not args.no_progress)
-    except (ValueError, OSError) as exc:
+                                    show_progress=not args.no_progress,
+                                    isolation_enabled=not args.unsafe_no_isolation)
+    except (ValueError, OSError, IsolationUnavailable) as exc:
         print(f"codeinfer eval: error: {exc}", file=sys.stderr)
         return 2
     result["model"] = None if samples is not None else (args.model or "default")

@@ -34,7 +34,8 @@ def generate_samples(llm, problems: list, preset: Preset, temperature: float,
 
 
 def execute_samples(problems: list, samples: list, timeout: float = sandbox.DEFAULT_TIMEOUT,
-                    workers: int | None = None, show_progress: bool = True) -> list:
+                    workers: int | None = None, show_progress: bool = True,
+                    isolation_enabled: bool = True) -> list:
     """Run each sample's check program in the sandbox; sets the sample's "passed" and "result"."""
     by_id = {problem["task_id"]: problem for problem in problems}
     unknown = sorted({s["task_id"] for s in samples} - by_id.keys())
@@ -43,7 +44,7 @@ def execute_samples(problems: list, samples: list, timeout: float = sandbox.DEFA
     programs = [check_program(by_id[s["task_id"]], s["completion"]) for s in samples]
     with tqdm(total=len(programs), desc="execute", unit="prog", disable=not show_progress) as bar:
         results = sandbox.run_programs(programs, timeout=timeout, workers=workers,
-                                       progress=bar.update)
+                                       progress=bar.update, isolation_enabled=isolation_enabled)
     for sample, result in zip(samples, results):
         sample["passed"], sample["result"] = result.passed, result.result
     return samples
@@ -70,7 +71,8 @@ def score(problems: list, samples: list, ks) -> tuple:
 
 def evaluate(problems: list, preset: Preset, llm=None, samples: list | None = None,
              timeout: float = sandbox.DEFAULT_TIMEOUT, workers: int | None = None,
-             seed: int | None = None, show_progress: bool = True) -> tuple:
+             seed: int | None = None, show_progress: bool = True,
+             isolation_enabled: bool = True) -> tuple:
     """Score either pre-generated `samples` or fresh ones from `llm` under `preset`.
 
     Returns (result dict for result.json, all executed samples with their verdicts).
@@ -90,7 +92,7 @@ def evaluate(problems: list, preset: Preset, llm=None, samples: list | None = No
         if temperature is not None:
             for sample in run_samples:
                 sample["temperature"] = temperature
-        execute_samples(problems, run_samples, timeout, workers, show_progress)
+        execute_samples(problems, run_samples, timeout, workers, show_progress, isolation_enabled)
         pass_at, per_problem = score(problems, run_samples, ks)
         pass_at_all.update(pass_at)
         run_results.append({"temperature": temperature, "ks": list(ks), **pass_at,

