@@ -29,8 +29,10 @@ def activation(name: str):
 # (a separate bf16 gelu costs ~20% of the fc_in GEMM in prefill).
 ONEDNN_POST_OPS = {"gelu_new": ("gelu", "tanh"), "gelu_fast": ("gelu", "tanh"),
                    "gelu": ("gelu", "none")}
-HAS_LINEAR_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                        "_linear_pointwise")
+# oneDNN runs bf16 inner products only on CPUs with AVX-512 (or AMX); on AVX2 it cannot create one.
+HAS_LINEAR_POINTWISE = (torch.backends.mkldnn.is_available()
+                        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                        and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # Activations the epilogue of the packed CPU linears computes (Int8Linear, Bf16Linear): GPT-2's tanh gelu.
