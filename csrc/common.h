@@ -2,7 +2,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <cstring>

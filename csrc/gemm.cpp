@@ -181,6 +181,97 @@ void gemm_items(const G& g) {
   }
 }
 #else
+// Bias, gelu, residual and the store of one output element: the epilogue of the paths below.
+template <typename G>
+inline void finish(const G& g, int64_t m, int64_t n, float v) {
+  if (g.bias) v += to_float(g.bias[n]);
+  if (n >= g.act_start) v = gelu_tanh(v);
+  if (g.residual) v += to_float(g.residual[m * g.res_stride + n]);
+  g.out[m * g.out_stride + n] = from_float<typename G::T>(v);
+}
+
+template <typename G>
+inline float dequantize(const G& g, int64_t m, int64_t n, int32_t acc) {
+  return static_cast<float>(acc - 128 * g.colsum[n]) * g.w_scales[n] * g.x_scales[m];
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// AVX2 path (no VNNI, no bf16 dot products): a panel's 16 columns as two halves of 8, each k word
+// of a half one 32-byte load. int8: the 4 weight bytes of 4 columns widen to 16 int16 lanes and
+// vpmaddwd multiplies them with the row's 4 activation bytes (widened and repeated), leaving pair
+// sums per column in 8 int32 lanes (exact: |255 x 128 x 2| < 2^31); vphaddd and a lane permute
+// give the 8 columns' sums at the end. bf16: a word's low and high halves become fp32 by shifts,
+// one FMA each with the broadcast activation pair.
+constexpr int kAvx2Rows = 2;
+
+template <typename G, int MT>
+void panel_avx2(const G& g, int64_t m0, int64_t p) {
+  const int64_t Kw = g.Kw, x_stride = 4 * Kw;
+  const uint8_t* w = g.w + p * Kw * 64;
+  const uint8_t* x = g.x + m0 * x_stride;
+  alignas(32) float sums[MT][16];
+  if constexpr (G::kInt8) {
+    __m256i acc[MT][4];  // [row][columns 0-3, 4-7, 8-11, 12-15]: pair sums
+    for (int m = 0; m < MT; ++m)
+      for (int q = 0; q < 4; ++q) acc[m][q] = _mm256_setzero_si256();
+    for (int64_t kw = 0; kw < Kw; ++kw) {
+      __m256i b[4];
+      for (int q = 0; q < 4; ++q)
+        b[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + kw * 64 + 16 * q)));
+      for (int m = 0; m < MT; ++m) {
+        const __m256i a = _mm256_cvtepu8_epi16(
+            _mm_set1_epi32(*reinterpret_cast<const int32_t*>(x + m * x_stride + 4 * kw)));
+        for (int q = 0; q < 4; ++q) acc[m][q] = _mm256_add_epi32(acc[m][q], _mm256_madd_epi16(a, b[q]));
+      }
+    }
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    for (int m = 0; m < MT; ++m)
+      for (int h = 0; h < 2; ++h) {
+        const __m256i col = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[m][2 * h], acc[m][2 * h + 1]), order);
+        alignas(32) int32_t ints[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(ints), col);
+        for (int c = 0; c < 8; ++c) {
+          const int64_t n = p * 16 + 8 * h + c;
+          sums[m][8 * h + c] = n < g.N ? dequantize(g, m0 + m, n, ints[c]) : 0.0f;
+        }
+      }
+  } else {
+    __m256 acc[MT][2];  // [row][columns 0-7, 8-15]
+    for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u));
+    for (int64_t kw = 0; kw < Kw; ++kw) {
+      __m256 even[2], odd[2];  // k = 2 kw and 2 kw + 1 of 8 columns
+      for (int h = 0; h < 2; ++h) {
+        const __m256i word = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kw * 64 + 32 * h));
+        even[h] = _mm256_castsi256_ps(_mm256_slli_epi32(word, 16));
+        odd[h] = _mm256_castsi256_ps(_mm256_and_si256(word, high));
+      }
+      for (int m = 0; m < MT; ++m) {
+        const uint32_t pair = *reinterpret_cast<const uint32_t*>(x + m * x_stride + 4 * kw);
+        const __m256 x0 = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(pair << 16)));
+        const __m256 x1 = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(pair & 0xffff0000u)));
+        for (int h = 0; h < 2; ++h)
+          acc[m][h] = _mm256_fmadd_ps(odd[h], x1, _mm256_fmadd_ps(even[h], x0, acc[m][h]));
+      }
+    }
+    for (int m = 0; m < MT; ++m)
+      for (int h = 0; h < 2; ++h) _mm256_store_ps(sums[m] + 8 * h, acc[m][h]);
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) finish(g, m0 + m, p * 16 + c, sums[m][c]);
+}
+
+// Panels are the items (a panel's 16 K-long columns stay in L1/L2 while every row passes).
+template <typename G>
+void gemm_items(const G& g) {
+#pragma omp for schedule(static)
+  for (int64_t p = 0; p < g.P; ++p) {
+    int64_t m0 = 0;
+    for (; m0 + kAvx2Rows <= g.M; m0 += kAvx2Rows) panel_avx2<G, kAvx2Rows>(g, m0, p);
+    if (m0 < g.M) panel_avx2<G, 1>(g, m0, p);
+  }
+}
+#else
 // Portable path: the same sums over the packed layout, one output element at a time.
 template <typename G>
 void gemm_items(const G& g) {
@@ -195,19 +286,17 @@ void gemm_items(const G& g) {
         int32_t acc = 0;
         for (int64_t k = 0; k < g.K; ++k)
           acc += int32_t{x[k]} * static_cast<int8_t>(w[(k / kPerWord) * 64 + k % kPerWord]);
-        v = static_cast<float>(acc - 128 * g.colsum[n]) * g.w_scales[n] * g.x_scales[m];
+        v = dequantize(g, m, n, acc);
       } else {
         const bf16* xb = reinterpret_cast<const bf16*>(x);
         v = 0.0f;
         for (int64_t k = 0; k < g.K; ++k)
           v += to_float(xb[k]) * to_float(reinterpret_cast<const bf16*>(w + (k / kPerWord) * 64)[k % kPerWord]);
       }
-      if (g.bias) v += to_float(g.bias[n]);
-      if (n >= g.act_start) v = gelu_tanh(v);
-      if (g.residual) v += to_float(g.residual[m * g.res_stride + n]);
-      g.out[m * g.out_stride + n] = from_float<typename G::T>(v);
+      finish(g, m, n, v);
     }
 }
+#endif
 #endif
 
 // Prefetches the weights of this thread's first GEMM item (schedule(static) hands thread t the t-th
