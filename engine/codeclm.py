@@ -14,6 +14,7 @@ containers and ints (so a pickle carrying a callable is refused, never run).
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -43,10 +44,20 @@ class _IntMapUnpickler(pickle.Unpickler):
             f"{MAP_FILE} may hold only a dict of int -> int; refusing to load {module}.{name}")
 
 
+_MAX_MAP_BYTES = 64 << 20  # the real map has ~700 entries
+
+
 def read_replicated_tokens_map(path: str | Path) -> dict[int, int]:
     """Read a replicated_tokens_map.pkl safely: a dict of int -> int, or an error."""
-    with open(path, "rb") as f:
-        data = _IntMapUnpickler(f).load()
+    if os.path.getsize(path) > _MAX_MAP_BYTES:
+        raise ValueError(f"{path}: larger than {_MAX_MAP_BYTES >> 20} MiB; not a token map")
+    try:
+        with open(path, "rb") as f:
+            data = _IntMapUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+            AttributeError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a pickled dict of int -> int ({type(exc).__name__}: "
+                         f"{str(exc)[:100]})") from None
     if not isinstance(data, dict) or not all(
             type(k) is int and type(v) is int for k, v in data.items()):  # bool is not an id
         raise ValueError(f"{path}: expected a dict of int -> int, got {type(data).__name__}")

@@ -190,3 +190,13 @@ def test_humaneval_prompt_layout(clm_llm):
     samples = generate_samples(clm_llm, [PROBLEM], replace(preset, n=2, max_tokens=6),
                                temperature=0.95, seed=1, show_progress=False)
     assert len(samples) == 2 and all(DUP not in s["completion"] for s in samples)
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage\x00\x01", b"\x80\x04]\x94."],
+                         ids=["empty", "garbage", "a list"])
+def test_bad_replicated_tokens_map_is_a_value_error(tmp_path, data):
+    from engine.codeclm import read_replicated_tokens_map
+    path = tmp_path / "replicated_tokens_map.pkl"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="replicated_tokens_map.pkl"):
+        read_replicated_tokens_map(path)
