@@ -24,8 +24,9 @@ _MESSAGE_CHARS = 200
 
 
 def _set_limits(job: dict) -> None:
+    # SIGXCPU at the soft limit (a timeout); SIGKILL a second later if the program ignores it.
     cpu = int(job["timeout"]) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
         resource.setrlimit(limit, (job["memory_bytes"], job["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (job["file_bytes"], job["file_bytes"]))

@@ -100,7 +100,8 @@ def _verdict(report: str, timed_out: bool, returncode: int) -> ExecResult:
     last = lines[-1] if lines else ""
     if returncode == 0 and last == "passed" and not timed_out:
         return ExecResult(True, "passed")
-    if timed_out or last == "timed out" or returncode == -signal.SIGXCPU:
+    # bwrap exits with 128 + the signal that killed the program; unisolated, Popen gives -signal.
+    if timed_out or last == "timed out" or returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return ExecResult(False, "timed out")
     if last.startswith("failed: "):
         return ExecResult(False, last[:300])
