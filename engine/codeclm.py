@@ -35,12 +35,16 @@ _LINEARISED = re.compile(f"({re.escape(NEW_LINE)}|{re.escape(INDENT)}|{re.escape
 
 
 # ----------------------------------------------------------------- replicated_tokens_map.pkl
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A token map that reaches for a global: refused (a ValueError like every loading error)."""
+
+
 class _IntMapUnpickler(pickle.Unpickler):
     """Builds dicts, lists and ints only: every global lookup (the way a pickle reaches a callable
     such as os.system) is refused."""
 
     def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(
+        raise UnsafePickleError(
             f"{MAP_FILE} may hold only a dict of int -> int; refusing to load {module}.{name}")
 
 
@@ -54,6 +58,8 @@ def read_replicated_tokens_map(path: str | Path) -> dict[int, int]:
     try:
         with open(path, "rb") as f:
             data = _IntMapUnpickler(f).load()
+    except UnsafePickleError:
+        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a pickled dict of int -> int ({type(exc).__name__}: "
