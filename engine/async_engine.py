@@ -5,7 +5,8 @@ happens on the engine thread. Clients on the event loop talk to it through a com
 outputs back through `loop.call_soon_threadsafe`:
 
     event loop                                   engine thread
-    add_request() --("add", id, prompt, sp)-->   engine.add_request  --ack/err--> stream
+    add_request() --("add", id, tokens, sp)-->   engine.add_request  --ack/err--> stream
+      (engine.tokenize on a tokeniser thread first, so the engine thread only sees token ids)
     abort()       --("abort", id)----------->    engine.abort_request (before the next step)
     stream        <--[RequestOutput, ...]----    engine.step()  (while there is work)
 
@@ -20,6 +21,8 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, AsyncIterator
 
 logger = logging.getLogger(__name__)
@@ -34,7 +37,8 @@ class EngineClosed(RuntimeError):
 
 
 class EngineError(RuntimeError):
-    """engine.step() failed; the requests that were in the engine are aborted with this error."""
+    """A request failed inside engine.step() and was aborted (the engine isolates the requests
+    that fail; should step() itself raise, every request in the engine gets this error)."""
 
 
 class RequestStream:
@@ -97,6 +101,10 @@ class AsyncLLM:
         self._streams: dict[str, RequestStream] = {}   # touched only on the event loop
         self._stats: dict[str, Any] = dict(engine.get_stats())
         self._accepting = True
+        # Tokenising a long prompt takes a while; here it holds up neither the engine's steps
+        # nor the event loop. Two threads: a long prompt does not queue every short one behind it.
+        self._tokenizers = ThreadPoolExecutor(max_workers=2,
+                                              thread_name_prefix="codeinfer-tokenize")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -125,8 +133,9 @@ class AsyncLLM:
     async def add_request(self, request_id: str, prompt, sampling_params) -> RequestStream:
         """Submit a request; returns its stream once the engine has accepted it.
 
-        Raises QueueFull, EngineClosed, or whatever engine.add_request raised (ValueError for a
-        bad prompt or parameters).
+        The prompt is checked and tokenised on a tokeniser thread (it counts as waiting
+        meanwhile). Raises QueueFull, EngineClosed, or what engine.tokenize / add_request raised
+        (ValueError for a bad prompt or parameters).
         """
         if not self._accepting or self._thread is None:
             raise EngineClosed("the server is shutting down")
@@ -136,8 +145,11 @@ class AsyncLLM:
             raise QueueFull(f"{self.num_waiting} requests are already waiting")
         stream = RequestStream(request_id, self._loop)
         self._streams[request_id] = stream
-        self._send(("add", request_id, prompt, sampling_params))
         try:
+            tokens = await self._loop.run_in_executor(self._tokenizers, partial(
+                self.engine.tokenize, prompt, sampling_params, release_gil=True))
+            if self._streams.get(request_id) is stream:  # else aborted meanwhile: accepted failed
+                self._send(("add", request_id, tokens, sampling_params))
             await stream.accepted
         except asyncio.CancelledError:
             self.abort(request_id)
@@ -161,13 +173,14 @@ class AsyncLLM:
             if not stream.finished:
                 self.abort(request_id)
 
-    def abort(self, request_id: str) -> None:
-        """Abort a request: the engine frees its blocks before its next step. Unknown ids are a no-op."""
+    def abort(self, request_id: str, error: EngineClosed | None = None) -> None:
+        """Abort a request: the engine frees its blocks before its next step; its stream raises
+        `error`. Unknown ids are a no-op."""
         stream = self._streams.pop(request_id, None)
         if stream is None:
             return
         if not stream.finished:
-            stream.fail(EngineClosed(f"request {request_id} was aborted"))
+            stream.fail(error or EngineClosed(f"request {request_id} was aborted"))
         self._send(("abort", request_id))
 
     async def shutdown(self, timeout: float = 0.0) -> None:
@@ -178,7 +191,8 @@ class AsyncLLM:
         while self._streams and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for request_id in list(self._streams):
-            self.abort(request_id)
+            self.abort(request_id, EngineClosed("the server shut down before the request finished"))
+        self._tokenizers.shutdown(wait=False)  # what is queued runs, then finds its stream gone
         if self._thread is not None:
             self._send(("stop",))
             await asyncio.to_thread(self._thread.join, 30.0)
@@ -276,4 +290,7 @@ class AsyncLLM:
         for output in outputs:
             if output.finished:
                 live.discard(output.request_id)
-        return outputs
+            if output.error is not None:  # the engine isolated and aborted this request only
+                self._post(self._fail, [output.request_id],
+                           EngineError(f"engine step failed for this request: {output.error}"))
+        return [output for output in outputs if output.error is None]

@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as e:  # bad input: one clear line, no traceback
-        print(f"codeinfer {args.command}: error: {e}", file=sys.stderr)
+    except ValueError as e:  # bad input (a bad checkpoint folder included): one line, no traceback
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"codeinfer {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.sequence import Request, Sequence, SequenceStatus
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL = "codegen-tiny-py"
@@ -86,19 +89,60 @@ class LLMEngine:
                 self.tokenizer.eos_token_id = self.codeclm.eot_token_id
 
     # ---------------------------------------------------------------- requests
-    def _tokenize(self, prompt) -> tuple[str | None, list[int], list[int]]:
+    def tokenize(self, prompt, sampling_params: SamplingParams | None = None,
+                 release_gil: bool = False) -> dict:
+        """Check and tokenise a prompt: {"prompt_token_ids", "modality", "prompt"} ("prompt" is
+        its text, None for token ids), a form add_request takes without tokenising again.
+
+        Reads only the tokenizer and the config, so any thread may call it (AsyncLLM does, off
+        the engine thread, with release_gil). Raises ValueError when the prompt cannot fit the
+        context with max_tokens; a text of N characters has at least ceil(N / L) tokens (L: the
+        most characters one token covers), so a text too long for that is refused untokenised."""
+        params = self._sampling_params(sampling_params)
+        text, ids, mods = self._tokenize(prompt, params, release_gil)
+        if not ids:
+            raise ValueError("prompt must not be empty")
+        self._check_fits(len(ids), params)
+        return {"prompt_token_ids": ids, "modality": mods, "prompt": text}
+
+    @staticmethod
+    def _sampling_params(sampling_params) -> SamplingParams:
+        params = sampling_params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        return params
+
+    def _check_fits(self, num_tokens: int, params: SamplingParams | None,
+                    num_chars: int | None = None) -> None:
+        """ValueError when a prompt of num_tokens (or more) leaves no room for max_tokens."""
+        limit, max_tokens = self.config.max_position_embeddings, params.max_tokens if params else 0
+        if num_tokens + max_tokens <= limit:
+            return
+        size = (f"{num_tokens} tokens" if num_chars is None
+                else f"{num_chars} characters, so at least {num_tokens} tokens")
+        raise ValueError(f"prompt ({size}) + max_tokens ({max_tokens}) exceeds the "
+                         f"model's context of {limit} tokens")
+
+    def _tokenize(self, prompt, params: SamplingParams | None = None,
+                  release_gil: bool = False) -> tuple[str | None, list[int], list[int]]:
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
+            self._check_fits(self.tokenizer.min_num_tokens(prompt), params, len(prompt))
+            ids = self.tokenizer.encode(prompt, "prompt", release_gil)
             return prompt, ids, [0] * len(ids)
+        text = None
         if isinstance(prompt, dict):
             if "segments" in prompt:
-                return self._tokenize_segments(prompt["segments"])
-            ids = prompt.get("prompt_token_ids")
-            mods = prompt.get("modality")
+                return self._tokenize_segments(prompt["segments"], params, release_gil)
+            ids, mods = prompt.get("prompt_token_ids"), prompt.get("modality")
+            text = prompt.get("prompt")
+            if text is not None and not isinstance(text, str):
+                raise ValueError("a prompt dict's \"prompt\" (its text) must be a string")
         else:
             ids, mods = prompt, None
-        if not isinstance(ids, (list, tuple)) or not all(
-                isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        if not isinstance(ids, (list, tuple)):
+            raise ValueError("prompt_token_ids must be a list of integers")
+        self._check_fits(len(ids), params)  # first: the per-id checks below are slow on a huge list
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
             raise ValueError("prompt_token_ids must be a list of integers")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
         if bad:
@@ -107,33 +151,32 @@ class LLMEngine:
             mods = [0] * len(ids)
         if len(mods) != len(ids) or any(m not in (0, 1) for m in mods):
             raise ValueError("modality must be a list of 0 (text) / 1 (code), one per prompt token")
-        return None, list(ids), list(mods)
+        return text, list(ids), list(mods)
 
-    def _tokenize_segments(self, segments) -> tuple[str, list[int], list[int]]:
-        ids, mods, text = [], [], ""
+    def _tokenize_segments(self, segments, params: SamplingParams | None,
+                           release_gil: bool) -> tuple[str, list[int], list[int]]:
         for seg in segments:
             if not (isinstance(seg, (list, tuple)) and len(seg) == 2 and seg[0] in ("code", "text")
                     and isinstance(seg[1], str)):
                 raise ValueError(f"segments must be (\"code\" | \"text\", str) pairs, got {seg!r}")
-            seg_ids = self.tokenizer.encode(seg[1])
+        self._check_fits(sum(self.tokenizer.min_num_tokens(seg[1]) for seg in segments), params,
+                         sum(len(seg[1]) for seg in segments))
+        ids, mods, text = [], [], ""
+        for i, (modality, seg_text) in enumerate(segments):
+            seg_ids = self.tokenizer.encode(seg_text, f"prompt segment {i}", release_gil)
             ids += seg_ids
-            mods += [int(seg[0] == "code")] * len(seg_ids)
-            text += seg[1]
+            mods += [int(modality == "code")] * len(seg_ids)
+            text += seg_text
         return text, ids, mods
 
     def add_request(self, request_id: str, prompt, sampling_params: SamplingParams | None = None) -> None:
-        params = sampling_params or SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        """Queue a prompt (any form `tokenize` takes, or what it returned); ValueError when it
+        or its parameters are invalid or cannot fit."""
+        params = self._sampling_params(sampling_params)
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        text, ids, mods = self._tokenize(prompt)
-        if not ids:
-            raise ValueError("prompt must not be empty")
-        limit = self.config.max_position_embeddings
-        if len(ids) + params.max_tokens > limit:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
-                             f"the model's context of {limit} tokens")
+        tokens = self.tokenize(prompt, params)
+        text, ids, mods = tokens["prompt"], tokens["prompt_token_ids"], tokens["modality"]
         need = self.block_manager.blocks_needed(len(ids) + params.max_tokens) + params.n - 1
         if need > self.block_manager.num_blocks:
             raise ValueError(f"prompt + max_tokens needs {need} KV blocks, the cache has "
@@ -159,23 +202,36 @@ class LLMEngine:
 
     # ---------------------------------------------------------------- the loop
     def step(self) -> list[RequestOutput]:
+        """One engine step. A request that makes it fail (in the forward pass, the sampler or
+        its own update) is aborted and answered with an output whose `error` is set; the other
+        requests go on exactly as without it."""
         sched = self.scheduler.schedule()
         if sched.empty:
             return []
-        seqs, result = self.runner.execute(sched)
-        return self._update(sched, seqs, result)
+        seqs, result, failed = self.runner.execute(sched)
+        return self._update(sched, seqs, result, failed)
 
-    def _update(self, sched: SchedulerOutput, seqs: list[Sequence], result) -> list[RequestOutput]:
+    def _update(self, sched: SchedulerOutput, seqs: list[Sequence], result,
+                failed: dict[str, Exception]) -> list[RequestOutput]:
         touched: dict[str, Request] = {}
         for item in sched.scheduled:
+            if item.seq.request.request_id in failed:
+                continue  # aborted below: its state must not advance
             item.seq.num_computed_tokens += item.num_new_tokens
             for child in item.forks:
                 child.num_computed_tokens = item.seq.num_computed_tokens
             self.block_manager.register_full_blocks(item.seq)
             touched[item.seq.request.request_id] = item.seq.request
         for row, seq in enumerate(seqs):
-            self._append_token(seq, result.token_ids[row], result.logprobs[row], result.top_logprobs[row])
-        outputs = []
+            rid = seq.request.request_id
+            if rid in failed:  # another sample of the request failed before this one
+                continue
+            try:
+                self._append_token(seq, result.token_ids[row], result.logprobs[row],
+                                   result.top_logprobs[row])
+            except Exception as error:  # e.g. its detokenizer: costs this request only
+                failed[rid] = error
+        outputs = [self._fail_request(rid, error) for rid, error in failed.items()]
         for rid, request in touched.items():
             if rid not in self.requests:
                 continue
@@ -183,6 +239,15 @@ class LLMEngine:
             if request.finished:
                 del self.requests[rid]
         return outputs
+
+    def _fail_request(self, request_id: str, error: Exception) -> RequestOutput:
+        """Abort a request that made the step fail; its final output carries the error."""
+        logger.error("request %s failed", request_id, exc_info=error)
+        request = self.requests[request_id]
+        self.abort_request(request_id)
+        output = self._request_output(request)
+        output.error = f"{type(error).__name__}: {error}"
+        return output
 
     def _append_token(self, seq: Sequence, token: int, logprob: float, top) -> None:
         params = seq.request.params

@@ -2,6 +2,7 @@
 into one flat batch, runs the forward pass, and samples the rows that need a token."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import psutil
@@ -12,8 +13,10 @@ from engine.config import CacheConfig, ModelConfig
 from engine.models.bf16 import pack_linears
 from engine.models.quant import quantize_linears
 from engine.sampler import SampleResult, sample
-from engine.scheduler import SchedulerOutput
+from engine.scheduler import ScheduledSeq, SchedulerOutput
 from engine.weights import load_model, release_freed_memory
+
+logger = logging.getLogger(__name__)
 
 # Without num_kv_blocks, the CPU KV cache takes at most this fraction of the available RAM, and at
 # most CPU_KV_MEMORY_CAP bytes: the cache is zeroed (faulted in) at start-up, ~0.2-0.8 s per GiB here.
@@ -122,12 +125,12 @@ class ModelRunner:
         useful = max_num_seqs * -(-self.config.max_position_embeddings // self.block_size)
         return max(1, min(int(budget // self.block_bytes()), useful))
 
-    def _prepare(self, sched: SchedulerOutput):
+    def _prepare(self, items: list[ScheduledSeq]):
         bs = self.block_size
         input_ids, modality, positions, slots = [], [], [], []
         cu_seqlens_q, seq_lens, tables = [0], [], []
         sample_rows, sample_seqs = [], []
-        for item in sched.scheduled:
+        for item in items:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
             input_ids += seq.token_ids[start:end]
@@ -168,16 +171,44 @@ class ModelRunner:
         return ids, mods, meta, sample_rows, sample_seqs
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> tuple[list, SampleResult | None]:
-        """Run one step; returns (sequences that sampled, their samples) in row order."""
+    def execute(self, sched: SchedulerOutput) -> tuple[list, SampleResult, dict[str, Exception]]:
+        """Run one step; returns (sequences that sampled, their samples in row order, failures).
+
+        A request whose rows make the step raise is left out of the samples and reported in
+        failures (request id -> error); the other requests get what a batch without it gives."""
+        # Once, before any attempt: a re-run must not copy over a block that the failed one wrote.
         for src, dst in sched.block_copies:  # copy-on-write of blocks shared by forked samples
             self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
             if self.kv_scale is not None:
                 self.kv_scale[:, :, dst] = self.kv_scale[:, :, src]
-        ids, mods, meta, rows, seqs = self._prepare(sched)
+        return self._execute_isolating(sched.scheduled)
+
+    def _execute_isolating(self, items: list[ScheduledSeq]):
+        """Run items as one batch; if that raises, bisect by request until the requests that
+        raise on their own are found. Re-running is safe: a failed attempt changed nothing but
+        the KV slots of these tokens, which the next attempt writes again (the sampler draws only
+        once nothing can fail)."""
+        try:
+            return *self._execute_batch(items), {}
+        except Exception as exc:
+            error = exc  # bisect outside the handler: each failure keeps its own traceback
+        request_ids = list(dict.fromkeys(item.seq.request.request_id for item in items))
+        if len(request_ids) == 1:
+            return [], SampleResult([], [], []), {request_ids[0]: error}
+        logger.warning("a step of %d requests failed (%s: %s); re-running them in halves",
+                       len(request_ids), type(error).__name__, error)
+        first = set(request_ids[:len(request_ids) // 2])
+        seqs_a, result_a, failed_a = self._execute_isolating(
+            [item for item in items if item.seq.request.request_id in first])
+        seqs_b, result_b, failed_b = self._execute_isolating(
+            [item for item in items if item.seq.request.request_id not in first])
+        return seqs_a + seqs_b, result_a + result_b, {**failed_a, **failed_b}
+
+    def _execute_batch(self, items: list[ScheduledSeq]) -> tuple[list, SampleResult]:
+        ids, mods, meta, rows, seqs = self._prepare(items)
         hidden = self.model(ids, mods, self.remap, meta)
         if not rows:
-            return [], None
+            return [], SampleResult([], [], [])
         return seqs, sample(self.logits(hidden[rows]).cpu(), seqs)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,11 @@ class SampleResult:
     logprobs: list[float]                          # logprob of each sampled token
     top_logprobs: list[dict[int, float] | None]    # per row, when the request asked for logprobs
 
+    def __add__(self, other: "SampleResult") -> "SampleResult":
+        """The rows of self, then those of other."""
+        return SampleResult(self.token_ids + other.token_ids, self.logprobs + other.logprobs,
+                            self.top_logprobs + other.top_logprobs)
+
 
 def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     for row, seq in enumerate(seqs):
@@ -49,6 +54,14 @@ def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
+def _check_finite(probs: torch.Tensor, seqs: list[Sequence]) -> None:
+    """probs: [rows, vocab]. Raise, naming the requests, before a NaN row reaches the draws."""
+    bad = (~torch.isfinite(probs).all(dim=-1)).nonzero()[:, 0].tolist()
+    if bad:
+        ids = sorted({seqs[row].request.request_id for row in bad})
+        raise FloatingPointError(f"non-finite sampling probabilities for request(s) {ids}")
+
+
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
     """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf)."""
     params = [s.request.params for s in seqs]
@@ -56,15 +69,19 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
     if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in params):
         logits = logits.clone()
         _apply_penalties(logits, seqs)
-    greedy = [p.greedy for p in params]
+    vocab = logits.shape[1]
     token_ids = logits.argmax(dim=-1).tolist()
-    rows = [i for i, g in enumerate(greedy) if not g]
+    rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         sub = logits[rows] / torch.tensor([params[i].temperature for i in rows])[:, None]
-        sub = _filter(sub, torch.tensor([params[i].top_k for i in rows]),
+        # top_k beyond the vocabulary keeps every token (clamped in Python: 10**20 fits no tensor)
+        sub = _filter(sub, torch.tensor([min(params[i].top_k, vocab) for i in rows]),
                       torch.tensor([params[i].top_p for i in rows], dtype=torch.float32),
                       torch.tensor([params[i].min_p for i in rows], dtype=torch.float32))
         probs = sub.softmax(dim=-1)
+        _check_finite(probs, [seqs[i] for i in rows])
+        # The draws come after every check, so a step that fails on some request's values has
+        # consumed no random numbers: the others, re-run without it, draw what they would have.
         for j, i in enumerate(rows):
             token_ids[i] = int(torch.multinomial(probs[j], 1, generator=seqs[i].generator))
     # log_softmax of the raw logits; materialised only for rows that ask for top logprobs.
@@ -77,7 +94,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
             continue
         entry = {token_ids[i]: chosen[i]}
         if p.logprobs > 0:
-            vals, ids = raw_logits[i].topk(p.logprobs)
+            vals, ids = raw_logits[i].topk(min(p.logprobs, vocab))
             entry.update(zip(ids.tolist(), (vals - log_norm[i]).tolist()))
         top.append(entry)
     return SampleResult(token_ids, chosen, top)

@@ -1,28 +1,66 @@
-"""Checkpoint loading: build the model on the meta device, materialise it, fill it from safetensors
-through the model's mapping table, and fail with every missing, unexpected or mis-shaped tensor.
+"""Checkpoint loading: check the safetensors headers against the model built on the meta device
+(every missing, unexpected, mis-shaped or non-float tensor, before anything is allocated), then
+materialise the model and fill it through its mapping table.
 
-Nothing is unpickled here; `convert_bin_to_safetensors` reads .bin files with weights_only=True."""
+A checkpoint folder is untrusted input: headers are validated field by field, shard names must stay
+inside the folder, and nothing is unpickled (`codeinfer convert` reads .bin files weights_only)."""
 from __future__ import annotations
 
 import ctypes
 import json
+import math
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from engine.config import ModelConfig
+from engine.config import ModelConfig, read_json_object
 from engine.models import MODEL_REGISTRY
+
+# safetensors dtype names -> torch dtypes (the ones checkpoints of these models use).
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# A header is a few KB per hundred tensors; past this a file is hostile, not a checkpoint (and
+# parsing a 100 MB JSON header costs about a GB).
+MAX_HEADER_BYTES = 16 << 20
+MAX_RANK = 8
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a .safetensors header, checked to lie inside its file."""
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # of its first byte, from the start of the file
+    nbytes: int
+
+
+def _shard_files(index: Path) -> list[str]:
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index}: field 'weight_map' must be a non-empty object of tensor name -> "
+                         f"shard file")
+    names = set(weight_map.values())
+    # A shard is a file of this folder: "/etc/x" or "../x" would make the loader read elsewhere.
+    bad = [n for n in names if not isinstance(n, str) or n in ("", ".", "..") or "/" in n or "\\" in n]
+    if bad:
+        raise ValueError(f"{index}: field 'weight_map' names shards that are not plain file names "
+                         f"of the folder: {', '.join(sorted(map(repr, bad))[:3])}")
+    return sorted(names)
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
+    index = model_dir / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [model_dir / f for f in sorted(set(weight_map.values()))]
+        files = [model_dir / name for name in _shard_files(index)]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise ValueError(f"model: shards named in {index.name} are missing: {missing}")
+            raise ValueError(f"model: shards named in {index} are missing: {missing}")
         return files
     single = model_dir / "model.safetensors"
     if single.is_file():
@@ -30,54 +68,129 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     if list(model_dir.glob("*.bin")):
         raise ValueError(f"model: {model_dir} has only pytorch .bin weights; convert them with "
                          f"`codeinfer convert {model_dir} DST` (no pickle is loaded at serve time)")
-    raise ValueError(f"model: no model.safetensors or model.safetensors.index.json in {model_dir}")
+    raise ValueError(f"model: no model.safetensors or {INDEX_FILE} in {model_dir}")
 
 
-# safetensors dtype names -> torch dtypes (the ones checkpoints of these models use).
-SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                      "U8": torch.uint8, "BOOL": torch.bool}
+def _entry(path: Path, name: str, info, data_start: int, size: int) -> TensorEntry:
+    try:
+        dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        begin, end = info["data_offsets"]
+    except (TypeError, KeyError, ValueError):  # not a dict, unhashable or unknown dtype, not 2 offsets
+        raise ValueError(f"{name}: header entry needs a known dtype, a shape and 2 data_offsets, "
+                         f"got {str(info)[:80]}") from None
+    if len(shape) > MAX_RANK or not all(type(d) is int and d >= 0 for d in (*shape, begin, end)):
+        raise ValueError(f"{name}: shape and data_offsets must be non-negative integers")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if end - begin != nbytes or not 0 <= begin <= end <= size - data_start:
+        raise ValueError(f"{name}: data offsets {begin}..{end} do not fit its shape or the file")
+    return TensorEntry(path, dtype, shape, data_start + begin, nbytes)
 
 
-def read_safetensors(path: Path):
-    """Yield (name, tensor) of a .safetensors file, read tensor by tensor with plain file reads: the
-    file is never mapped, so its pages do not add to the process's resident memory while the model
-    is built (the fp32 CodeGen-350M file alone is 1.6 GB). Layout: 8-byte little-endian header size,
-    a JSON header {name: {dtype, shape, data_offsets: [begin, end]}}, then the data."""
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """The tensors of a .safetensors file, from its header alone. Layout: 8-byte little-endian
+    header size, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}}, then the data."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
         if not 0 < header_len <= size - 8:
             raise ValueError(f"header size {header_len} does not fit a {size}-byte file")
+        if header_len > MAX_HEADER_BYTES:
+            raise ValueError(f"header size {header_len} is over the {MAX_HEADER_BYTES}-byte limit")
         header = json.loads(f.read(header_len))
-        header.pop("__metadata__", None)
-        data_start = 8 + header_len
-        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-            begin, end = info["data_offsets"]
-            shape = list(info["shape"])
-            if dtype is None:
-                raise ValueError(f"{name}: unsupported dtype {info['dtype']}")
-            numel = 1
-            for s in shape:
-                numel *= s
-            if end - begin != numel * dtype.itemsize or not 0 <= begin <= end <= size - data_start:
-                raise ValueError(f"{name}: data offsets {begin}..{end} do not fit its shape or the file")
-            raw = torch.empty(end - begin, dtype=torch.uint8)
-            f.seek(data_start + begin)
-            if f.readinto(raw.numpy()) != end - begin:
+    if not isinstance(header, dict):
+        raise ValueError(f"header must be a JSON object, got a {type(header).__name__}")
+    header.pop("__metadata__", None)
+    return {name: _entry(path, name, info, 8 + header_len, size) for name, info in header.items()}
+
+
+def read_tensors(path: Path, entries: list[tuple[str, TensorEntry]]):
+    """Yield (name, tensor) of entries of the file `path`, read with plain file reads: the file is
+    never mapped, so its pages do not add to the process's resident memory while the model is built
+    (the fp32 CodeGen-350M file alone is 1.6 GB). Entries in offset order read it front to back."""
+    with open(path, "rb") as f:
+        for name, entry in entries:
+            raw = torch.empty(entry.nbytes, dtype=torch.uint8)
+            f.seek(entry.offset)
+            if f.readinto(raw.numpy()) != entry.nbytes:
                 raise ValueError(f"{name}: file ends inside its data")
-            yield name, raw.view(dtype).view(shape)
+            yield name, raw.view(entry.dtype).view(entry.shape)
 
 
-def iter_checkpoint(model_dir: Path):
-    """Yield (name, tensor) of every tensor of the checkpoint, shard by shard."""
+def read_safetensors(path: Path):
+    """Yield (name, tensor) of every tensor of a .safetensors file, in file order."""
+    yield from read_tensors(path, sorted(read_header(path).items(), key=lambda kv: kv[1].offset))
+
+
+def _corrupt(path: Path, e: Exception) -> ValueError:
+    return ValueError(f"model: cannot read {path} (truncated or corrupt?): {type(e).__name__}: {e}")
+
+
+def checkpoint_tensors(model_dir: Path) -> dict[str, TensorEntry]:
+    """Every tensor of the checkpoint, from the headers of its shards (no tensor data is read)."""
+    tensors: dict[str, TensorEntry] = {}
     for path in safetensors_files(model_dir):
         try:
-            yield from read_safetensors(path)
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            raise ValueError(f"model: cannot read {path} (truncated or corrupt?): {e}") from None
+            header = read_header(path)
+        except (ValueError, OSError, RecursionError) as e:  # RecursionError: a deeply nested header
+            raise _corrupt(path, e) from None
+        twice = sorted(tensors.keys() & header.keys())
+        if twice:
+            raise ValueError(f"model: {path} repeats tensors of another shard: {twice[:5]}")
+        tensors.update(header)
+    return tensors
+
+
+def _destination(param: torch.Tensor, shard: int | None) -> torch.Tensor:
+    """The rows of `param` a checkpoint tensor fills: all, or one third of a packed q, k, v."""
+    return param if shard is None else param.chunk(3, dim=0)[shard]
+
+
+def match_weights(model: torch.nn.Module, tensors: dict[str, TensorEntry],
+                  model_dir: Path) -> dict[str, tuple[str, int | None]]:
+    """{checkpoint name: (parameter, shard)} for every tensor to load, from the headers alone (the
+    model may be on the meta device; transform_weight keeps shapes). ValueError listing every
+    missing, unexpected, mis-shaped or non-float tensor."""
+    params = dict(model.named_parameters())
+    filled: dict[str, set] = {name: set() for name in params}
+    targets, unexpected, bad_shapes, bad_dtypes = {}, [], [], []
+    for name, entry in tensors.items():
+        target = model.map_weight(name)
+        if target == ():
+            continue
+        if target is None or target[0] not in params:
+            unexpected.append(name)
+            continue
+        expected = tuple(_destination(params[target[0]], target[1]).shape)
+        if entry.shape != expected:
+            bad_shapes.append(f"{name}: checkpoint {entry.shape}, model {expected}")
+        elif entry.dtype not in WEIGHT_DTYPES:
+            bad_dtypes.append(f"{name}: {entry.dtype}")
+        else:
+            targets[name] = target
+            filled[target[0]].add(target[1])
+    # A parameter is in when it came whole (shard None) or as all 3 shards of a packed q, k, v.
+    missing = [n for n, got in filled.items() if None not in got and len(got) < 3]
+    problems = [f"{what}: {_listing(names)}" for what, names in (
+        ("missing tensors", sorted(missing)), ("unexpected tensors", sorted(unexpected)),
+        ("not floating-point", sorted(bad_dtypes)), ("wrong shapes", bad_shapes)) if names]
+    if problems:
+        raise ValueError(f"model: checkpoint {model_dir} does not match its config.json "
+                         f"({model.config.architecture}): " + "; ".join(problems))
+    return targets
+
+
+def _listing(items: list[str], most: int = 8) -> str:
+    """A list for an error message: a config off by 60 layers misses 500 tensors."""
+    return str(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def check_checkpoint(config: ModelConfig, model_dir: Path) -> None:
+    """ValueError unless the safetensors headers hold exactly the tensors `config` implies, with
+    their shapes: checked with the model on the meta device, so nothing is allocated."""
+    with torch.device("meta"):
+        model = MODEL_REGISTRY[config.architecture](config, None)
+    match_weights(model, checkpoint_tensors(Path(model_dir)), model_dir)
 
 
 def release_freed_memory() -> None:
@@ -97,85 +210,47 @@ def load_model(config: ModelConfig, model_dir: str | Path, ops, dtype: torch.dty
     (dtype int8 quantises it there), and its float parameters are let go: the pages of a block are
     only touched when its weights are copied in, so the whole model never sits in memory in `dtype`
     (CodeGen-16B: 32 GB of bf16 for 16 GB of int8)."""
-    model_cls = MODEL_REGISTRY[config.architecture]
+    model_dir = Path(model_dir)
     with torch.device("meta"):
-        model = model_cls(config, ops)
+        model = MODEL_REGISTRY[config.architecture](config, ops)
+    tensors = checkpoint_tensors(model_dir)
+    targets = match_weights(model, tensors, model_dir)  # every check before the first allocation
     model = model.to(dtype).to_empty(device=device)
     model.tie_weights()  # to_empty allocates shared parameters apart: share them again
-    params = dict(model.named_parameters())
-    # Packed parameters (q, k, v of GPT-Neo) are filled shard by shard: track which shards arrived.
-    filled: dict[str, set] = {name: set() for name in params}
-    block_of = {name: int(name.split(".")[1]) for name in params if name.startswith("layers.")}
-    waiting = {i: {n for n, b in block_of.items() if b == i} for i in range(len(model.layers))}
-    unexpected, bad_shapes = [], []
-    for name, tensor in iter_checkpoint(Path(model_dir)):
-        target = model.map_weight(name)
-        if target == ():
-            continue
-        if target is None or target[0] not in params:
-            unexpected.append(name)
-            continue
-        local, shard = target
-        tensor = model.transform_weight(local, tensor)
-        param = params[local]
-        dest = param.data if shard is None else param.data.chunk(3, dim=0)[shard]
-        if tuple(dest.shape) != tuple(tensor.shape):
-            bad_shapes.append(f"{name}: checkpoint {tuple(tensor.shape)}, model {tuple(dest.shape)}")
-            continue
-        dest.copy_(tensor)
-        filled[local].add(shard)
-        block = block_of.get(local)
-        if prepare_block is not None and block is not None and (None in filled[local] or len(filled[local]) == 3):
-            waiting[block].discard(local)
-            if not waiting[block]:  # every weight of the block is in: prepare it, drop its floats
-                prepare_block(model.layers[block])
-                for n in [n for n, b in block_of.items() if b == block]:
-                    del params[n], filled[n]
-                del param, dest, tensor
-                release_freed_memory()
-    missing = [n for n, got in filled.items() if not got or (None not in got and len(got) < 3)]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {sorted(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {sorted(unexpected)}")
-    if bad_shapes:
-        problems.append(f"wrong shapes: {bad_shapes}")
-    if problems:
-        raise ValueError(f"model: checkpoint {model_dir} does not match {config.architecture} "
-                         f"config: " + "; ".join(problems))
+    _fill(model, _read_targets(tensors, targets), targets, prepare_block)
     model.post_load()
     return model.eval()
 
 
-def convert_bin_to_safetensors(src: str | Path, dst: str | Path) -> list[Path]:
-    """Convert a pytorch_model*.bin checkpoint folder to safetensors (tensors only, weights_only)."""
-    src, dst = Path(src), Path(dst)
-    bins = sorted(src.glob("pytorch_model*.bin"))
-    if not bins:
-        raise ValueError(f"src: no pytorch_model*.bin files in {src}")
-    dst.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {}
-    for path in bins:
+def _read_targets(tensors: dict[str, TensorEntry], targets: dict):
+    """(name, tensor) of every tensor to load, file by file, each file front to back."""
+    by_file: dict[Path, list[tuple[str, TensorEntry]]] = {}
+    for name in sorted(targets, key=lambda n: tensors[n].offset):
+        by_file.setdefault(tensors[name].path, []).append((name, tensors[name]))
+    for path, entries in by_file.items():
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # weights_only refuses anything but tensors and plain containers
-            raise ValueError(f"src: cannot load {path} as plain tensors: {e}") from None
-        for name, tensor in state.items():
-            if not isinstance(tensor, torch.Tensor):
-                raise ValueError(f"src: {path} entry {name!r} is not a tensor")
-            tensors[name] = tensor.contiguous()
-    # safetensors refuses shared storage: clone tensors that alias another (tied embeddings).
-    seen: set[int] = set()
-    for name, tensor in tensors.items():
-        if tensor.data_ptr() in seen:
-            tensors[name] = tensor.clone()
-        seen.add(tensors[name].data_ptr())
-    out = dst / "model.safetensors"
-    save_file(tensors, str(out), metadata={"format": "pt"})
-    written = [out]
-    for aux in src.iterdir():
-        if aux.suffix in (".json", ".txt", ".model") and not (dst / aux.name).exists():
-            (dst / aux.name).write_bytes(aux.read_bytes())
-            written.append(dst / aux.name)
-    return written
+            yield from read_tensors(path, entries)
+        except (ValueError, OSError) as e:  # the file changed or shrank since its header was read
+            raise _corrupt(path, e) from None
+
+
+def _fill(model: torch.nn.Module, named_tensors, targets: dict, prepare_block) -> None:
+    """Copy each (name, tensor) into its parameter; prepare each block whose weights are all in."""
+    params = dict(model.named_parameters())
+    # Pieces still to come per parameter: a packed q, k, v of GPT-Neo comes in 3.
+    left = Counter(local for local, _ in targets.values())
+    block_of = {name: int(name.split(".")[1]) for name in params if name.startswith("layers.")}
+    for name, tensor in named_tensors:
+        local, shard = targets[name]
+        _destination(params[local].data, shard).copy_(model.transform_weight(local, tensor))
+        left[local] -= 1
+        block = block_of.get(local)
+        if prepare_block is None or block is None or left[local]:
+            continue
+        block_params = [n for n, b in block_of.items() if b == block]
+        if not any(left[n] for n in block_params):  # the block is in: prepare it, drop its floats
+            del tensor
+            prepare_block(model.layers[block])
+            for n in block_params:
+                del params[n], block_of[n]
+            release_freed_memory()

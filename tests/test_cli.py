@@ -41,3 +41,48 @@ def test_bench_repeat_keeps_the_median_run(tiny_codegen_dir, tmp_path, capsys):
     assert f"{row['tok_s']:.1f} ({min(runs):.1f}-{max(runs):.1f})" in capsys.readouterr().out
     assert main(["bench", "--model", str(tiny_codegen_dir), "--repeat", "0"]) == 2
     assert "repeat" in capsys.readouterr().err
+
+
+def _bad_checkpoint(src, dst, **edits):
+    import json
+    import shutil
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(edits)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_bad_checkpoint_is_one_line_and_no_traceback(tiny_codegen_dir, tmp_path):
+    # The real console script in its own process: exit status and the whole of stderr.
+    import subprocess
+    import sys
+    bad = _bad_checkpoint(tiny_codegen_dir, tmp_path / "bad", n_head=0)
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "generate", "--model", str(bad), "x"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("codeinfer generate: error: ") and "config.json" in line and "'n_head'" in line
+
+
+@pytest.mark.parametrize("command", ["generate", "bench", "convert"])
+def test_loading_errors_print_one_line(tiny_codegen_dir, tmp_path, capsys, command):
+    # generate: a tokenizer.json that is not one; bench: a config that disagrees with the weights;
+    # convert: a needed file linking out of the source folder.
+    if command == "generate":
+        bad = _bad_checkpoint(tiny_codegen_dir, tmp_path / "bad")
+        (bad / "tokenizer.json").write_text("{}")
+        argv, needle = ["generate", "--model", str(bad), "x"], "tokenizer.json"
+    elif command == "bench":
+        bad = _bad_checkpoint(tiny_codegen_dir, tmp_path / "bad", n_layer=3)
+        argv, needle = ["bench", "--model", str(bad), "--concurrency", "1"], "missing tensors"
+    else:
+        import torch
+        (tmp_path / "src").mkdir()
+        torch.save({"w": torch.ones(2)}, tmp_path / "src" / "pytorch_model.bin")
+        (tmp_path / "src" / "config.json").symlink_to("/etc/passwd")
+        argv, needle = ["convert", str(tmp_path / "src"), str(tmp_path / "dst")], "outside"
+    capsys.readouterr()
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"codeinfer {command}: error: ") and needle in line

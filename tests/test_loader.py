@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import LLM, SamplingParams
 from engine.config import load_config
-from engine.weights import convert_bin_to_safetensors
+from engine.commands.convert import convert_bin_to_safetensors
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(prompt)
     while engine.has_unfinished_requests():
         for out in engine.step():
+            if out.error is not None:
+                raise RuntimeError(f"generation failed: {out.error}")
             for c in out.outputs:
                 if args.n == 1:
                     sys.stdout.write(c.text[printed[c.index]:])

@@ -1,7 +1,8 @@
 """`codeinfer serve`: load the model once and answer OpenAI-style completions over HTTP.
 
 SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish for up to
---shutdown-timeout seconds, abort the rest, exit 0.
+--shutdown-timeout seconds, abort the rest (a stream gets an error event and `data: [DONE]`),
+exit 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from engine.cli_args import add_engine_args, engine_kwargs
 logger = logging.getLogger("codeinfer.serve")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Seconds uvicorn waits past --shutdown-timeout, so the requests aborted at the deadline can still
+# send their error (and [DONE]) before it cancels whatever is left.
+_ANSWER_GRACE_S = 3.0
 
 
 def register(subparsers) -> None:
@@ -42,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         print("error: --max-queue must be >= 0", file=sys.stderr)
         return 2
+    if args.api_key is not None and not args.api_key.strip():
+        print("error: --api-key must not be empty: an empty key would let in any empty bearer "
+              "token (leave --api-key out to serve without one)", file=sys.stderr)
+        return 2
     if args.host not in _LOOPBACK and args.api_key is None:
         logger.warning("listening on %s without --api-key: anyone who can reach it can use it",
                        args.host)
@@ -51,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.async_engine import AsyncLLM
     from engine.llm_engine import LLMEngine
     from engine.server import build_app
+    from engine.server.drain import DrainingServer
 
     try:
         engine = LLMEngine(**engine_kwargs(args))
@@ -60,12 +69,13 @@ def run(args: argparse.Namespace) -> int:
     async_llm = AsyncLLM(engine, max_waiting=args.max_queue)
     app = build_app(async_llm, api_key=args.api_key, shutdown_timeout=args.shutdown_timeout)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
+                            timeout_graceful_shutdown=args.shutdown_timeout + _ANSWER_GRACE_S,
+                            access_log=False)
     # uvicorn re-raises the signal it caught once it has shut down; make that a no-op so a
     # graceful SIGTERM ends with exit status 0.
     signal.signal(signal.SIGTERM, _ignore)
     signal.signal(signal.SIGINT, _ignore)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, async_llm, drain_timeout=args.shutdown_timeout)
     server.run()
     return 0 if server.started else 1
 

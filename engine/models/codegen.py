@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from engine.attention import AttentionMetadata
-from engine.config import ModelConfig
+from engine.config import CODEGEN_QKV_CHUNKS as QKV_CHUNKS, ModelConfig
 from engine.models.layers import FUSED_ACTS, MLP, SelfAttention, logits_fp32, project
 from kernels.reference import rotary_cos_sin
 
-# CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are 4 chunks of [q | v | k].
-QKV_CHUNKS = 4
+# CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are QKV_CHUNKS chunks of
+# [q | v | k] (the config check refuses an n_embd they do not divide).
 
 
 def relayout_qkv(weight: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ anything unexpected a 500, and the engine thread survives both.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -17,7 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.server.completions import CompletionHandler
+from engine.server.body import BodyReader
+from engine.server.completions import INTERNAL_ERROR, CompletionHandler
 from engine.server.metrics import CONTENT_TYPE, ServerMetrics
 from engine.server.protocol import APIError, error_body, parse_completion_request
 
@@ -26,24 +26,32 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
-def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0.0) -> FastAPI:
+def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0.0,
+              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The server app around a (not yet started) AsyncLLM; the app's lifespan starts it and
-    shuts it down (letting in-flight requests run for up to `shutdown_timeout` s)."""
+    shuts it down (letting in-flight requests run for up to `shutdown_timeout` s). Request
+    bodies over `max_body_bytes` are refused with 413 as soon as that many have arrived."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key must not be empty: an empty key would let in any empty "
+                         "bearer token (pass None to serve without a key)")
     model_name = async_llm.engine.model_name
     created = int(time.time())
     metrics = ServerMetrics(async_llm)
     handler = CompletionHandler(async_llm, metrics, model_name)
+    bodies = BodyReader(max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async_llm.start()
         yield
         await async_llm.shutdown(timeout=shutdown_timeout)
+        await bodies.close()
 
     app = FastAPI(title="codeinfer", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.async_llm = async_llm
     app.state.metrics = metrics
+    app.state.bodies = bodies
 
     if api_key is not None:
         app.add_middleware(_APIKeyMiddleware, api_key=api_key, metrics=metrics)
@@ -64,8 +72,7 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         logger.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"),
-                            status_code=500)
+        return JSONResponse(error_body(INTERNAL_ERROR, "server_error"), status_code=500)
 
     @app.get("/health")
     async def health():
@@ -83,7 +90,7 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
     @app.post("/v1/completions")
     async def completions(request: Request):
         try:
-            body = await _json_body(request)
+            body = await bodies.json(request)
             req = parse_completion_request(body)
             return await handler.create(req, request)
         except APIError as exc:
@@ -95,7 +102,7 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
         except Exception as exc:  # a bug here must cost one request, not the server
             logger.exception("completion request failed")
             metrics.requests.labels("error").inc()
-            return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+            return APIError(500, INTERNAL_ERROR, type="server_error").response()
 
     @app.post("/v1/chat/completions")
     async def chat_completions():
@@ -125,17 +132,3 @@ class _APIKeyMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-async def _json_body(request: Request):
-    length = request.headers.get("content-length") or "0"
-    if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-        raise APIError(413 if length.isdigit() else 400, f"request body over {MAX_BODY_BYTES} bytes"
-                       if length.isdigit() else "bad Content-Length")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 decode errors are ValueErrors
-        raise APIError(400, f"malformed JSON body: {exc}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from functools import partial
@@ -20,6 +21,11 @@ from engine.async_engine import EngineClosed, EngineError, QueueFull
 from engine.sampling_params import SamplingParams
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import APIError, CompletionRequest, error_body
+
+logger = logging.getLogger(__name__)
+
+# What a client learns of an unexpected failure; the exception itself goes to the server log.
+INTERNAL_ERROR = "The server had an error while processing your request."
 
 
 class _Choice:
@@ -105,6 +111,10 @@ class CompletionHandler:
             raise APIError(404, f"The model `{req.model}` does not exist.",
                            param="model", code="model_not_found")
         prompts = req.prompts()
+        if len(prompts) > self.async_llm.max_waiting:  # a 503 "retry later" would never succeed
+            raise APIError(400, f"prompt has {len(prompts)} entries, more than the "
+                           f"{self.async_llm.max_waiting} requests this server lets wait at once",
+                           param="prompt")
         for prompt in prompts:
             if isinstance(prompt, list) and not all(0 <= t < self.vocab_size for t in prompt):
                 raise APIError(400, f"token ids must be in [0, {self.vocab_size})", param="prompt")
@@ -190,6 +200,8 @@ class CompletionHandler:
             tracker.finish("aborted")
             return JSONResponse(error_body("client disconnected", "invalid_request_error"), 499)
         if collector.exception() is not None:
+            for request_id in ids:  # the other prompts of this request have nobody to answer
+                self.async_llm.abort(request_id)
             error = _api_error(collector.exception())
             tracker.finish("aborted" if isinstance(collector.exception(), EngineClosed) else "error")
             raise error
@@ -232,6 +244,8 @@ class CompletionHandler:
             tracker.finish("success")
         except (EngineClosed, EngineError) as exc:
             done = True
+            for request_id in ids:  # the other prompts of this request have nobody to answer
+                self.async_llm.abort(request_id)
             tracker.finish("aborted" if isinstance(exc, EngineClosed) else "error")
             err = _api_error(exc)
             yield _sse(error_body(err.message, err.type, err.param, err.code))
@@ -345,5 +359,7 @@ def _api_error(exc: BaseException) -> APIError:
     if isinstance(exc, (ValueError, TypeError)):
         message = str(exc)
         code = "context_length_exceeded" if "context" in message.lower() else None
-        return APIError(400, message, code=code)
-    return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+        return APIError(400, message, param="prompt" if message.startswith("prompt") else None,
+                        code=code)
+    logger.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return APIError(500, INTERNAL_ERROR, type="server_error")

@@ -1,7 +1,8 @@
 """Request schema of POST /v1/completions and OpenAI-shaped errors.
 
 Types are strict (no "5" for 5, no true for 1): a wrong type is a 400 naming the field, as OpenAI
-does. Ranges follow OpenAI's where it has one.
+does. The ranges of the sampling values are engine.sampling_params.SamplingParams's (the handler
+turns its ValueError into a 400 naming the field); only this API's own limits are set here.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MAX_N = 128
-MAX_LOGPROBS = 20
+MAX_N = 128          # samples per request: a bound on the work one request can ask for
+MAX_TEMPERATURE = 2.0  # OpenAI's
 
 
 class APIError(Exception):
@@ -49,20 +50,20 @@ class CompletionRequest(BaseModel):
     prompt: str | list[str] | list[int] | list[list[int]] | None = None
     segments: list[list[str]] | None = None    # [["code", "def f():"], ["text", "..."], ...]
     suffix: str | None = None
-    max_tokens: int | None = Field(16, ge=0)
-    temperature: float | None = Field(1.0, ge=0.0, le=2.0)
-    top_p: float | None = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(0, ge=-1)
-    min_p: float | None = Field(0.0, ge=0.0, le=1.0)
-    n: int | None = Field(1, ge=1, le=MAX_N)
-    best_of: int | None = Field(None, ge=1, le=MAX_N)
+    max_tokens: int | None = 16
+    temperature: float | None = Field(1.0, le=MAX_TEMPERATURE)
+    top_p: float | None = 1.0
+    top_k: int | None = 0
+    min_p: float | None = 0.0
+    n: int | None = Field(1, le=MAX_N)
+    best_of: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: int | None = None
     echo: bool | None = False
-    presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(1.0, gt=0.0, le=10.0)
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    repetition_penalty: float | None = 1.0
     ignore_eos: bool | None = False
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -108,20 +109,23 @@ class CompletionRequest(BaseModel):
     def sampling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of engine.sampling_params.SamplingParams."""
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        def given(value, default):  # JSON null means the default, as in OpenAI's API
+            return default if value is None else value
+
         return dict(
-            n=self.n or 1,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=max(self.top_k or 0, 0),   # vLLM spells "no top-k" -1, the engine 0
-            min_p=self.min_p or 0.0,
-            max_tokens=16 if self.max_tokens is None else self.max_tokens,
+            n=given(self.n, 1),
+            temperature=given(self.temperature, 1.0),
+            top_p=given(self.top_p, 1.0),
+            top_k=given(self.top_k, 0),
+            min_p=given(self.min_p, 0.0),
+            max_tokens=given(self.max_tokens, 16),
             stop=stop or None,
             seed=self.seed,
             logprobs=self.logprobs,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            ignore_eos=bool(self.ignore_eos),
+            presence_penalty=given(self.presence_penalty, 0.0),
+            frequency_penalty=given(self.frequency_penalty, 0.0),
+            repetition_penalty=given(self.repetition_penalty, 1.0),
+            ignore_eos=given(self.ignore_eos, False),
         )
 
 

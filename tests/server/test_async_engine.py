@@ -7,8 +7,10 @@ import contextlib
 
 import pytest
 
+from engine import model_runner
 from engine.async_engine import AsyncLLM, EngineClosed, EngineError, QueueFull
 from engine.llm_engine import LLMEngine
+from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -106,6 +108,35 @@ def test_step_failure_fails_requests_not_the_loop(engine, monkeypatch):
     monkeypatch.setattr(engine, "step", flaky_step)
     final = run(engine, body)
     assert final.finished and len(final.outputs[0].token_ids) == 12
+
+
+def test_failing_request_among_eight_streams(tiny_codegen_dir, monkeypatch):
+    wide = LLMEngine(str(tiny_codegen_dir), dtype="float32", max_num_seqs=16)
+    prompts = [f"def f{i}(x):\n    return x * {i}" for i in range(8)]
+
+    async def streams(llm, with_poison: bool):
+        async def one(request_id, prompt):
+            try:
+                return [o async for o in llm.generate(prompt, GREEDY, request_id)][-1]
+            except EngineError as error:
+                return error
+        ids = [f"s{i}" for i in range(8)] + ["poison"] * with_poison
+        return dict(zip(ids, await asyncio.gather(
+            *(one(rid, p) for rid, p in zip(ids, prompts + ["def poison():"])))))
+
+    clean = run(wide, lambda llm: streams(llm, False))
+
+    def poisoned(logits, seqs):
+        if any(s.request.request_id == "poison" and s.num_output_tokens >= 2 for s in seqs):
+            raise RuntimeError("poisoned sampler")
+        return sample(logits, seqs)
+
+    monkeypatch.setattr(model_runner, "sample", poisoned)
+    results = run(wide, lambda llm: streams(llm, True), max_waiting=16)
+    assert isinstance(results.pop("poison"), EngineError)
+    assert {rid: o.outputs[0].token_ids for rid, o in results.items()} == \
+        {rid: o.outputs[0].token_ids for rid, o in clean.items()}
+    assert all(o.finished and len(o.outputs[0].token_ids) == 12 for o in results.values())
 
 
 def test_shutdown_rejects_new_requests(engine):
