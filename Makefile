@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 CPU_EXT_STAMP := $(VENV)/.cpu-ext-built
 CSRC := $(wildcard csrc/*.cpp csrc/*.h) CMakeLists.txt pyproject.toml
 
-.PHONY: setup sandbox-tool demo test bench clean
+.PHONY: setup sandbox-tool demo test bench gpu-check clean
 
 setup: $(CPU_EXT_STAMP) sandbox-tool
 
@@ -41,6 +41,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only
+
+# GPU readiness (benchmarks/gpu_check.py): needs a CUDA build of torch, which .venv does not have;
+# name a Python that has one with GPU_PYTHON=... Without CUDA it says so and exits 0.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),setup)
+	$(GPU_PYTHON) -m benchmarks.gpu_check
 
 clean:
 	rm -rf build $(VENV) kernels/_cpu*.so

@@ -1,5 +1,6 @@
-"""`codeinfer bench`: offline throughput against concurrency, next to transformers and CTranslate2
-on the same prompts in the same run; a table, a PNG plot, decode bandwidth, peak memory; optionally
+"""`codeinfer bench`: offline throughput, TTFT and inter-token latency against concurrency, next to
+transformers, CTranslate2 and OpenVINO on the same prompts in the same run, idle and optionally next
+to busy background processes; a table, JSON, a PNG plot, decode bandwidth, peak memory; optionally
 teacher-forced next-token agreement with fp32 (--quality)."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 from engine.cli_args import add_engine_args, engine_kwargs
 
-PEERS = ("transformers", "ctranslate2")
+PEERS = ("transformers", "ctranslate2", "openvino")
 QUALITY_CHUNKS = ((0, "whole-prompt prefill"), (8, "8-token chunks"), (32, "32-token chunks"))
 
 
@@ -32,19 +33,31 @@ def _peer_list(text: str) -> list[str]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "bench", help="throughput benchmark against transformers and CTranslate2",
-        description="Generated tokens/s at each concurrency (random fixed-seed prompts, greedy, "
-                    "EOS ignored, after a warm-up), every system in the same run.",
+        "bench", help="throughput and latency benchmark against transformers, CTranslate2, OpenVINO",
+        description="Generated tokens/s, TTFT and inter-token latency at each concurrency (random "
+                    "fixed-seed prompts, greedy, EOS ignored, after a warm-up), every system in the "
+                    "same run, round robin.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--concurrency", type=_int_list, default=[1, 8, 32],
                    help="comma-separated numbers of concurrent requests")
-    p.add_argument("--prompt-len", type=int, default=128, help="tokens per prompt")
+    p.add_argument("--prompt-len", type=int, default=128,
+                   help="tokens per prompt (up to the model's context less --max-tokens)")
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
     p.add_argument("--compare", type=_peer_list, default=[],
-                   help="peers to run too: transformers,ctranslate2 (pip install codeinfer[bench])")
+                   help="peers to run too: transformers,ctranslate2,openvino (pip install "
+                        "'codeinfer[bench]' torch==2.13.0)")
     p.add_argument("--repeat", type=int, default=1,
-                   help="runs per system and concurrency, round robin; the table shows the median "
-                        "and the range (this shared 2-core VM varies ~+-10%% between runs)")
+                   help="rounds: every system and concurrency once per round, round robin; the table "
+                        "shows the median and the range, speed-ups paired per round (this shared "
+                        "2-core VM varies ~+-10%% between runs)")
+    p.add_argument("--background-load", type=int, default=0, metavar="N",
+                   help="also run every configuration next to N busy processes of its own (started for "
+                        "the timed part only), reported next to its idle figure")
+    p.add_argument("--openvino-precision", default="auto", choices=["auto", "f32", "bf16"],
+                   help="OpenVINO's INFERENCE_PRECISION_HINT (auto: bf16 where the CPU has BF16, else f32)")
+    p.add_argument("--openvino-export-python", default=None, metavar="PYTHON",
+                   help="Python that runs the optimum-intel export (default: this one); for an "
+                        "environment whose transformers is newer than optimum-intel supports")
     p.add_argument("--plot", default=None, help="write a PNG of tokens/s against concurrency")
     p.add_argument("--json", default=None, help="write the raw results as JSON")
     p.add_argument("--dtypes", default=None,
@@ -58,19 +71,27 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import bench
+    from engine import bench, bench_report
     from engine.llm_engine import default_model_dir
 
-    if args.prompt_len < 1 or args.max_tokens < 2:
-        raise ValueError("--prompt-len must be >= 1 and --max-tokens >= 2")
+    if args.prompt_len < 1 or args.max_tokens < 2 or args.background_load < 0:
+        raise ValueError("--prompt-len must be >= 1, --max-tokens >= 2 and --background-load >= 0")
+    if args.plot:  # before the runs, not after them
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot: matplotlib is not installed (pip install 'codeinfer[bench]' torch==2.13.0)")
     kwargs = engine_kwargs(args)
     model = str(kwargs.pop("model") or default_model_dir())
     print(f"codeinfer bench: {model}, dtype {args.dtypes or args.dtype}, prompts {args.prompt_len} tokens, "
-          f"{args.max_tokens} new tokens, concurrency {args.concurrency}")
+          f"{args.max_tokens} new tokens, concurrency {args.concurrency}, background load "
+          f"{args.background_load}")
+    options = {"openvino_precision": args.openvino_precision,
+               "openvino_export_python": args.openvino_export_python}
     result = bench.run_comparison(model, kwargs, args.concurrency, args.prompt_len,
                                   args.max_tokens, args.compare, seed=args.seed,
                                   dtypes=args.dtypes.split(",") if args.dtypes else None,
-                                  repeat=args.repeat)
+                                  repeat=args.repeat, background_load=args.background_load,
+                                  options=options)
     if args.quality:
         from engine.bench_quality import agreement
         dtypes = [d.strip() for d in args.quality.split(",")]
@@ -81,14 +102,15 @@ def run(args: argparse.Namespace) -> int:
         result["quality"] = {f"{dtype}{suffix}, {label}": frac for chunk, label in QUALITY_CHUNKS
                              for dtype, frac in agreement(model, dtypes, chunk=chunk,
                                                           kv_cache_dtype=kv).items()}
-    print()
-    print(bench.format_table(result))
-    for dtype, frac in result.get("quality", {}).items():
-        print(f"teacher-forced next-token agreement with float32, {dtype}: {100 * frac:.2f}%")
-    if args.plot:
-        bench.plot(result, args.plot)
-        print(f"plot: {args.plot}")
+    # The JSON first: a plot that fails (no matplotlib) must not lose the measurements.
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    print()
+    print(bench_report.format_table(result))
+    for dtype, frac in result.get("quality", {}).items():
+        print(f"teacher-forced next-token agreement with float32, {dtype}: {100 * frac:.2f}%")
+    if args.plot:
+        bench_report.plot(result, args.plot)
+        print(f"plot: {args.plot}")
     return 0
