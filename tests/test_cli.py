@@ -1,4 +1,8 @@
 """The codeinfer console script: help texts, generate (plain and streamed), clear errors."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from engine.cli import COMMANDS, build_parser, main
@@ -86,3 +90,14 @@ def test_loading_errors_print_one_line(tiny_codegen_dir, tmp_path, capsys, comma
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"codeinfer {command}: error: ") and needle in line
+
+
+@pytest.mark.parametrize("env, expected", [({}, "1000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
+                                           ({"OMP_WAIT_POLICY": "ACTIVE"}, None)])
+def test_openmp_spin_default_yields_on_a_shared_cpu(env, expected):
+    """Importing the engine before torch caps libgomp's barrier spinning, unless the user chose."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import os, engine, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == str(expected)
