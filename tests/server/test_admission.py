@@ -17,6 +17,7 @@ import pytest
 from engine.async_engine import AsyncLLM
 from engine.llm_engine import LLMEngine
 from engine.server import build_app
+from tests.test_prompt_checks import spy_on_encode
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 CODE = "def f(x):\n    return x\n"
@@ -107,14 +108,7 @@ def test_request_aborted_while_tokenised_never_reaches_the_engine(engine, monkey
 
 
 def test_prompt_too_long_for_the_context_is_refused_untokenised(engine, monkeypatch):
-    lengths, real_encode = [], engine.tokenizer.encode
-
-    def encode(text, *args, **kwargs):
-        lengths.append(len(text))
-        assert len(text) < 10 ** 6, "tokenised a prompt that cannot fit the context"
-        return real_encode(text, *args, **kwargs)
-
-    monkeypatch.setattr(engine.tokenizer, "encode", encode)
+    lengths = spy_on_encode(engine, monkeypatch)
     huge = CODE * (15_000_000 // len(CODE))   # 15 MB: the JSON helper process decodes it
     app = build_app(AsyncLLM(engine))
     too_long, after = post_all(app, {"prompt": huge}, {"prompt": "def f(x):", "max_tokens": 2})
