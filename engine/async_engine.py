@@ -237,6 +237,7 @@ class AsyncLLM:
 
     def _run(self) -> None:
         live: set[str] = set()   # ids the engine holds, as seen from this thread
+        self.engine.use_threads()
         while True:
             if not self._commands and not self.engine.has_unfinished_requests():
                 self._wakeup.wait()

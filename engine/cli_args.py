@@ -45,6 +45,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one step")
     g.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
     g.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the kernels (default: one per core, or OMP_NUM_THREADS); "
+                        "fewer leave cores to other work on a shared machine")
     g.add_argument("--seed", type=int, default=0, help="random seed (sampling is reproducible for a given seed)")
 
 
@@ -54,4 +57,5 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
-                kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=args.kv_cache_memory)
+                kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory_bytes=args.kv_cache_memory,
+                num_threads=args.threads)

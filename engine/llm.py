@@ -17,13 +17,15 @@ class LLM:
                  attention_backend: str = "auto", block_size: int = 16,
                  num_kv_blocks: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None):
+                 seed: int = 0, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None,
+                 num_threads: int | None = None):
         self.engine = LLMEngine(model=model, dtype=dtype, device=device,
                                 attention_backend=attention_backend, block_size=block_size,
                                 num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,
                                 max_num_batched_tokens=max_num_batched_tokens,
                                 enable_prefix_caching=enable_prefix_caching, seed=seed,
-                                kv_cache_dtype=kv_cache_dtype, kv_cache_memory_bytes=kv_cache_memory_bytes)
+                                kv_cache_dtype=kv_cache_dtype, kv_cache_memory_bytes=kv_cache_memory_bytes,
+                                num_threads=num_threads)
         self._next_id = 0
 
     def get_tokenizer(self):

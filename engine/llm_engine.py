@@ -55,14 +55,18 @@ class LLMEngine:
                  attention_backend: str = "auto", block_size: int = 16,
                  num_kv_blocks: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None):
+                 seed: int = 0, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None,
+                 num_threads: int | None = None):
         for name, value, low in (("block_size", block_size, 1), ("max_num_seqs", max_num_seqs, 1),
                                  ("max_num_batched_tokens", max_num_batched_tokens, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name, value in (("num_kv_blocks", num_kv_blocks), ("kv_cache_memory_bytes", kv_cache_memory_bytes)):
+        for name, value in (("num_kv_blocks", num_kv_blocks), ("kv_cache_memory_bytes", kv_cache_memory_bytes),
+                            ("num_threads", num_threads)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        self.num_threads = num_threads
+        self.use_threads()
         model_dir = Path(model) if model is not None else default_model_dir()
         self.config = load_config(model_dir)
         self.model_name = model_dir.resolve().name
@@ -87,6 +91,13 @@ class LLMEngine:
             self.generated_modality = 1  # generated tokens are code
             if self.codeclm.eot_token_id is not None:  # the authors generate up to <eot>
                 self.tokenizer.eos_token_id = self.codeclm.eot_token_id
+
+    def use_threads(self) -> None:
+        """Apply num_threads to the calling thread: OpenMP's thread count is a per-thread setting,
+        so a thread that runs steps (AsyncLLM's engine thread) calls this first. None keeps the
+        default (one per core, or OMP_NUM_THREADS)."""
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
 
     # ---------------------------------------------------------------- requests
     def tokenize(self, prompt, sampling_params: SamplingParams | None = None,

@@ -145,3 +145,30 @@ def test_bad_requests_raise_before_work(codegen_llm, prompt, params, field):
     with pytest.raises(ValueError, match=field):
         codegen_llm.generate(["def ok():", prompt], params)
     assert_all_blocks_free(codegen_llm)
+
+
+def test_num_threads_sets_the_stepping_threads_count_and_changes_no_tokens(tiny_codegen_dir):
+    import threading
+
+    import torch
+
+    prompts = random_prompts(200, 6)
+    before = torch.get_num_threads()
+    try:
+        ref = LLM(str(tiny_codegen_dir), dtype="bfloat16").generate(prompt_token_ids=prompts,
+                                                                    sampling_params=GREEDY)
+        one = LLM(str(tiny_codegen_dir), dtype="bfloat16", num_threads=1)
+        assert torch.get_num_threads() == 1
+        seen = []
+        worker = threading.Thread(target=lambda: (one.engine.use_threads(),
+                                                  seen.append(torch.get_num_threads())))
+        worker.start()
+        worker.join()
+        assert seen == [1]  # a fresh thread starts from the default; use_threads applies it
+        outs = one.generate(prompt_token_ids=prompts, sampling_params=GREEDY)
+        assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in ref]
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -2, 1.5, "2"):
+        with pytest.raises(ValueError, match="num_threads"):
+            LLM(str(tiny_codegen_dir), num_threads=bad)
