@@ -10,8 +10,9 @@ Layers, outermost first:
     RLIMIT_CPU, RLIMIT_NPROC (processes and threads of its uid), RLIMIT_FSIZE (file size).
 The harness (engine/humaneval/_child.py) reports on the child's stdout, which goes to an unlinked
 temporary file (capped by RLIMIT_FSIZE), so a program that writes without end cannot fill the
-parent's memory. `isolation=False` (`--unsafe-no-isolation`) keeps only the last two layers.
+parent's memory. `isolation_enabled=False` (`--unsafe-no-isolation`) keeps only the last two layers.
 """
+import contextlib
 import json
 import os
 import queue
@@ -64,10 +65,12 @@ def run_program(program: str, timeout: float = DEFAULT_TIMEOUT,
         argv = isolation.bwrap_command(_child.__file__, uid, _TMPFS_BYTES)
     else:
         argv = [sys.executable, "-I", "-B", _child.__file__]
-    with tempfile.TemporaryFile() as report, tempfile.TemporaryDirectory(
-            prefix="codeinfer-sandbox-") as workdir:
+    # bwrap gives an isolated program its own tmpfs; an unisolated one gets a fresh host directory.
+    workdir = (contextlib.nullcontext() if isolation_enabled
+               else tempfile.TemporaryDirectory(prefix="codeinfer-sandbox-"))
+    with tempfile.TemporaryFile() as report, workdir as cwd:
         proc = subprocess.Popen(
-            argv, cwd=workdir, stdin=subprocess.PIPE,
+            argv, cwd=cwd, stdin=subprocess.PIPE,
             stdout=report, stderr=subprocess.DEVNULL, start_new_session=True,
             env={"PATH": os.defpath, "LANG": "C.UTF-8"})
         timed_out = False
