@@ -22,6 +22,13 @@ CPU_CASES = [
     ("prefill_block32", [(97, 97), (45, 20), (300, 1)], 32, 2, 2, 64, 0, None),
     ("tiny_window_64", [(40, 40), (23, 1), (30, 9)], 8, 3, 3, 64, 5, 1.0),
     ("window_128", [(300, 300), (260, 17)], 16, 2, 1, 128, 256, None),
+    # long decode rows split into key chunks across threads and merged (flash-decoding)
+    ("decode_long", [(1900, 1)], 16, 4, 4, 64, 0, 1.0),  # scale 1: chunks with far-apart maxima
+    ("decode_long_gqa", [(700, 1), (300, 1), (129, 1)], 16, 4, 2, 80, 0, 0.5),
+    ("decode_long_window", [(1000, 1), (1000, 3)], 16, 2, 2, 64, 256, 1.0),
+    # head dims off the vector width (scalar loops), blocks that chunks cannot align to
+    ("odd_dim_block", [(97, 97), (600, 1), (45, 1)], 7, 2, 2, 20, 0, None),
+    ("dim48_block24", [(1000, 1), (513, 1), (50, 50)], 24, 3, 3, 48, 0, None),
 ]
 # The interpreter runs every program in Python: short sequences, few heads, small windows.
 TRITON_CASES = [
@@ -81,6 +88,18 @@ def test_paged_attention_cpu(case, dtypes, cpu_ops):
 @pytest.mark.parametrize("case", TRITON_CASES, ids=[c[0] for c in TRITON_CASES])
 def test_paged_attention_triton(case, dtypes, triton_ops):
     _run_case(triton_ops, case, *dtypes)
+
+
+@pytest.mark.parametrize("num_threads", [1, 3])
+def test_split_decode_any_thread_count(num_threads, cpu_ops):
+    """How a long decode row is split depends on the thread count; the result does not."""
+    case = ("decode_long_gqa", [(700, 1), (1300, 1)], 16, 4, 2, 64, 0, 1.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        _run_case(cpu_ops, case, torch.bfloat16, torch.bfloat16)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_decode_rows_equal_prefill_rows(backend):
