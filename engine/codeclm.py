@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from engine.humaneval.presets import set_prompt_builder
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from engine.tools.humaneval.presets import set_prompt_builder
 
 DUP = "[_DUP_]"
 MAP_FILE = "replicated_tokens_map.pkl"

@@ -142,7 +142,7 @@ class _Fields:
 
 
 def _activation(f: _Fields) -> str:
-    from engine.models.layers import ACTIVATIONS  # the implemented ones are the only valid names
+    from engine.layers.linear import ACTIVATIONS  # the implemented ones are the only valid names
     return f.choice("activation_function", "gelu_new", ACTIVATIONS)
 
 
@@ -230,7 +230,7 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     """Read and check config.json (+ generation_config.json for special token ids) of a checkpoint,
     and check that its safetensors headers hold exactly the tensors this config implies, before
     anything is allocated: a config that passes describes the weights that are there."""
-    from engine.weights import check_checkpoint  # weights imports this module
+    from engine.worker.weights import check_checkpoint  # weights imports this module
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

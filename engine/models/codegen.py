@@ -7,9 +7,9 @@ import re
 import torch
 from torch import nn
 
-from engine.attention import AttentionMetadata
 from engine.config import CODEGEN_QKV_CHUNKS as QKV_CHUNKS, ModelConfig
-from engine.models.layers import FUSED_ACTS, MLP, SelfAttention, logits_fp32, project
+from engine.layers.attention import AttentionMetadata, SelfAttention
+from engine.layers.linear import FUSED_ACTS, MLP, logits_fp32, project
 from kernels.reference import rotary_cos_sin
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are QKV_CHUNKS chunks of

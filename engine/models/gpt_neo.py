@@ -7,9 +7,9 @@ import re
 import torch
 from torch import nn
 
-from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
-from engine.models.layers import MLP, SelfAttention, logits_fp32
+from engine.layers.attention import AttentionMetadata, SelfAttention
+from engine.layers.linear import MLP, logits_fp32
 
 
 class GPTNeoBlock(nn.Module):
