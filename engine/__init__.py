@@ -15,6 +15,7 @@ if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os
 
 _EXPORTS = {
     "LLM": "engine.entrypoints.llm",
+    "EngineArgs": "engine.engine_args",
     "SamplingParams": "engine.core.sampling_params",
     "RequestOutput": "engine.core.outputs",
     "CompletionOutput": "engine.core.outputs",

@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -73,10 +74,17 @@ def read_replicated_tokens_map(path: str | Path) -> dict[int, int]:
 # ----------------------------------------------------------------- the vocabulary of twins
 @dataclass(frozen=True)
 class CodeCLMVocab:
+    """The engine's vocabulary (engine/vocab.py's interface) for a modality-separated checkpoint:
+    generated tokens are code, text twins are never sampled, <eot> ends a sequence."""
     twins: dict[int, int]       # text id -> code id ([_DUP_] twin)
     vocab_size: int             # rows of wte
     marker_ids: dict[int, str]  # token id -> <NEW_LINE> | <INDENT> | <DEDENT>
     eot_token_id: int | None    # end of generated code
+    generated_modality: ClassVar[int] = 1
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.eot_token_id
 
     @property
     def remap(self) -> torch.Tensor:
@@ -94,7 +102,13 @@ class CodeCLMVocab:
             mask[torch.tensor(list(self.twins))] = True
         return mask
 
-    def detokenizer(self, tokenizer: Tokenizer) -> "CodeDetokenizer":
+    @property
+    def sampling_mask(self) -> torch.Tensor:
+        """The text twins: a separated token is always emitted as its code twin."""
+        return self.text_twin_mask
+
+    def detokenizer(self, tokenizer: Tokenizer, prompt_token_ids: list[int] | None = None) -> "CodeDetokenizer":
+        """Generated code is decoded on its own (prompt_token_ids are not needed)."""
         return CodeDetokenizer(self, tokenizer)
 
 

@@ -1,5 +1,5 @@
-"""SchedulerOutput: what the scheduler hands the model runner for one step (and gets back, with the
-sampled tokens, in update_from_output)."""
+"""The hand-offs of one step: SchedulerOutput (scheduler -> model runner) and ModelRunnerOutput
+(model runner -> Scheduler.update_from_output). Plain data, no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,9 +19,16 @@ class ScheduledSeq:
 class SchedulerOutput:
     scheduled: list[ScheduledSeq]
     block_copies: list[tuple[int, int]]  # (src, dst) KV blocks to copy before the forward pass
-    num_batched_tokens: int
-    num_preempted: int = 0
 
     @property
     def empty(self) -> bool:
         return not self.scheduled
+
+
+@dataclass
+class ModelRunnerOutput:
+    """What one step produced: the sequences that sampled, their samples in the same order, and
+    the requests that made the step fail (request id -> error; they get no samples)."""
+    seqs: list[Sequence]
+    sampled: "SampleResult"  # engine.worker.sampler.SampleResult: token_ids, logprobs, top_logprobs
+    failed: dict[str, Exception] = field(default_factory=dict)

@@ -3,26 +3,35 @@ prefills, first come first served, preemption by recompute when KV blocks run ou
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 from engine.core.block_manager import BlockManager
-from engine.core.sched_output import ScheduledSeq, SchedulerOutput
+from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
 from engine.core.sequence import Request, Sequence, SequenceStatus
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 generated_modality: int = 0):
+        """generated_modality: the modality of sampled tokens (1 = code, CodeCLM's vocabulary)."""
         self.bm = block_manager
+        self.generated_modality = generated_modality
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
 
+    def check_fits_cache(self, num_tokens: int, num_samples: int) -> None:
+        """ValueError when a request of num_tokens (prompt + max_tokens) and num_samples samples
+        could never be scheduled: it needs more KV blocks than the cache has."""
+        need = self.bm.blocks_needed(num_tokens) + num_samples - 1
+        if need > self.bm.num_blocks:
+            raise ValueError(f"prompt + max_tokens needs {need} KV blocks, the cache has "
+                             f"{self.bm.num_blocks} (raise num_kv_blocks)")
+
     def add(self, request: Request) -> None:
         self.waiting.append(request.seqs[0])
-
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
 
     def _preempt(self, seq: Sequence) -> None:
         self.bm.free_seq(seq)
@@ -39,7 +48,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[ScheduledSeq] = []
         copies: list[tuple[int, int]] = []
-        preempted = 0
+        preempted = 0  # once a running sequence is preempted, no waiting one starts this step
         # 1) Running sequences, oldest first; the newest are preempted when blocks run out.
         kept: list[Sequence] = []
         queue = list(self.running)
@@ -87,7 +96,42 @@ class Scheduler:
                 self.bm.fork(item.seq, child)
                 child.status = SequenceStatus.RUNNING
                 self.running.append(child)
-        return SchedulerOutput(scheduled, copies, self.max_num_batched_tokens - budget, preempted)
+        return SchedulerOutput(scheduled, copies)
+
+    def update_from_output(self, sched: SchedulerOutput, output: ModelRunnerOutput,
+                           check_stop: Callable[[Sequence, int], str | None]) -> list[Request]:
+        """Settle one step: advance each scheduled sequence's computed tokens (forked samples
+        follow their parent), register its newly full blocks for prefix reuse, append each sampled
+        token, and finish the sequences that check_stop(seq, token) ("stop" | "length" | None)
+        ends. A request in output.failed does not advance; one whose check_stop raises is added
+        to it. Returns the requests that advanced, in schedule order."""
+        failed = output.failed
+        advanced: dict[str, Request] = {}
+        for item in sched.scheduled:
+            if item.seq.request.request_id in failed:
+                continue  # the engine aborts it: its state must not advance
+            item.seq.num_computed_tokens += item.num_new_tokens
+            for child in item.forks:
+                child.num_computed_tokens = item.seq.num_computed_tokens
+            self.bm.register_full_blocks(item.seq)
+            advanced[item.seq.request.request_id] = item.seq.request
+        sampled = output.sampled
+        for row, seq in enumerate(output.seqs):
+            request_id = seq.request.request_id
+            if request_id in failed:  # another sample of the request failed before this one
+                continue
+            token = sampled.token_ids[row]
+            seq.append_token(token, self.generated_modality, sampled.logprobs[row],
+                             sampled.top_logprobs[row])
+            try:
+                reason = check_stop(seq, token)
+            except Exception as error:  # e.g. its detokenizer: costs this request only
+                failed[request_id] = error
+                continue
+            if reason is not None:
+                seq.finish_reason = reason
+                self.finish(seq)
+        return list(advanced.values())
 
     def finish(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.FINISHED
@@ -102,3 +146,16 @@ class Scheduler:
             if not seq.finished:
                 self.finish(seq)
             seq.finish_reason = seq.finish_reason or "abort"
+
+    def get_stats(self) -> dict:
+        bm = self.bm
+        return {
+            "num_running": len(self.running),
+            "num_waiting": len(self.waiting),
+            "num_total_blocks": bm.num_blocks,
+            "num_free_blocks": bm.num_free_blocks,
+            "num_used_blocks": bm.num_blocks - bm.num_free_blocks,
+            "prefix_cache_queries": bm.prefix_queries,
+            "prefix_cache_hits": bm.prefix_hits,
+            "num_preemptions": self.num_preemptions,
+        }

@@ -34,6 +34,14 @@ class Sequence:
         self.generator = None    # torch.Generator, set by the engine
         self.detokenizer = None  # IncrementalDetokenizer, set by the engine
 
+    def append_token(self, token: int, modality: int, logprob: float,
+                     top_logprobs: dict[int, float] | None) -> None:
+        self.token_ids.append(token)
+        self.modality.append(modality)
+        self.cumulative_logprob += logprob
+        if self.logprobs is not None:
+            self.logprobs.append(top_logprobs)
+
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)

@@ -6,6 +6,7 @@ import sys
 from tqdm.auto import tqdm
 
 from engine.core.llm_engine import LLMEngine
+from engine.engine_args import EngineArgs
 from engine.core.outputs import RequestOutput
 from engine.core.sampling_params import SamplingParams
 
@@ -13,19 +14,9 @@ from engine.core.sampling_params import SamplingParams
 class LLM:
     """Load a checkpoint folder (None = the bundled default model) and generate from prompts."""
 
-    def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
-                 attention_backend: str = "auto", block_size: int = 16,
-                 num_kv_blocks: int | None = None, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None,
-                 num_threads: int | None = None):
-        self.engine = LLMEngine(model=model, dtype=dtype, device=device,
-                                attention_backend=attention_backend, block_size=block_size,
-                                num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,
-                                max_num_batched_tokens=max_num_batched_tokens,
-                                enable_prefix_caching=enable_prefix_caching, seed=seed,
-                                kv_cache_dtype=kv_cache_dtype, kv_cache_memory_bytes=kv_cache_memory_bytes,
-                                num_threads=num_threads)
+    def __init__(self, model: str | None = None, **options):
+        """options: the other fields of EngineArgs (engine/engine_args.py), checked there."""
+        self.engine = LLMEngine.from_engine_args(EngineArgs(model=model, **options))
         self._next_id = 0
 
     def get_tokenizer(self):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from engine.config import CacheConfig, ModelConfig
-from engine.core.sched_output import ScheduledSeq, SchedulerOutput
+from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
 from engine.layers.attention import AttentionMetadata
 from engine.layers.bf16 import pack_linears
 from engine.layers.quant import quantize_linears
@@ -17,6 +17,31 @@ from engine.worker.sampler import SampleResult, sample
 from engine.worker.weights import load_model, release_freed_memory
 
 logger = logging.getLogger(__name__)
+
+
+# "int8": int8 linear weights and per-token int8 GEMM inputs, bfloat16 elsewhere (engine/layers/quant.py).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "int8": torch.int8}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16  # AMX / tensor cores; CPUs without bf16 still run it correctly
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype == "float16" and device.type == "cpu":
+        raise ValueError("dtype 'float16' is for CUDA; on the CPU use 'bfloat16' or 'float32'")
+    return DTYPES[dtype]
 
 
 def select_ops(name: str, device: torch.device):
@@ -48,7 +73,9 @@ def select_ops(name: str, device: torch.device):
 class ModelRunner:
     def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
                  device: torch.device, attention_backend: str, cache: CacheConfig,
-                 max_num_seqs: int, sample_vocab_size: int):
+                 max_num_seqs: int, vocab, sample_vocab_size: int):
+        """vocab: the engine's Vocabulary (engine/vocab.py): the embedding row of each id in code
+        modality and the ids never sampled."""
         # dtype int8: int8 linear weights and GEMM inputs (engine/layers/quant.py), the rest bfloat16.
         self.quant = "int8" if dtype == torch.int8 else None
         dtype = torch.bfloat16 if self.quant else dtype
@@ -67,7 +94,8 @@ class ModelRunner:
         self.sample_vocab_size = sample_vocab_size
         self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)
         self.logits_mask[sample_vocab_size:] = True
-        self.remap = torch.arange(config.vocab_size, device=device)  # identity: plain lookup
+        self.logits_mask |= vocab.sampling_mask  # CodeCLM: its twins are emitted, not text ids
+        self.remap = vocab.remap.to(device)  # [vocab_size]: identity but for CodeCLM's twins
         # kv_cache_dtype "int8": symmetric int8 rows, one fp32 scale per (slot, head) (C++ kernels).
         self.cache = KVCache(config, cache, dtype, device, self.ops, max_num_seqs)
         self.cache.bind(self.model.layers)
@@ -121,14 +149,14 @@ class ModelRunner:
         return ids, mods, meta, sample_rows, sample_seqs
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> tuple[list, SampleResult, dict[str, Exception]]:
-        """Run one step; returns (sequences that sampled, their samples in row order, failures).
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Run one step: the sequences that sampled, their samples in row order, and failures.
 
         A request whose rows make the step raise is left out of the samples and reported in
         failures (request id -> error); the other requests get what a batch without it gives."""
         # Once, before any attempt: a re-run must not copy over a block that the failed one wrote.
         self.cache.copy_blocks(sched.block_copies)
-        return self._execute_isolating(sched.scheduled)
+        return ModelRunnerOutput(*self._execute_isolating(sched.scheduled))
 
     def _execute_isolating(self, items: list[ScheduledSeq]):
         """Run items as one batch; if that raises, bisect by request until the requests that

@@ -6,7 +6,7 @@ import argparse
 import pytest
 
 from engine import LLM
-from engine.entrypoints.cli.args import parse_bytes
+from engine.engine_args import parse_bytes
 
 
 def _cache_bytes(runner):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.entrypoints.cli.args import add_engine_args, engine_kwargs
+from engine.engine_args import EngineArgs
 
 PEERS = ("transformers", "ctranslate2", "openvino")
 QUALITY_CHUNKS = ((0, "whole-prompt prefill"), (8, "8-token chunks"), (32, "32-token chunks"))
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--quality", default=None, metavar="DTYPES",
                    help="also measure teacher-forced next-token agreement with float32 for these "
                         "comma-separated dtypes (e.g. bfloat16,int8)")
-    add_engine_args(p)
+    EngineArgs.add_cli_args(p)
     p.set_defaults(func=run)
 
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
             raise ValueError("--plot: matplotlib is not installed (pip install 'codeinfer[bench]' torch==2.13.0)")
-    kwargs = engine_kwargs(args)
+    kwargs = EngineArgs.from_cli_args(args).to_dict()
     model = str(kwargs.pop("model") or default_model_dir())
     print(f"codeinfer bench: {model}, dtype {args.dtypes or args.dtype}, prompts {args.prompt_len} tokens, "
           f"{args.max_tokens} new tokens, concurrency {args.concurrency}, background load "

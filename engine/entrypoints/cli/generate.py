@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.entrypoints.cli.args import add_engine_args, engine_kwargs
+from engine.engine_args import EngineArgs
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=1, help="number of completions")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    add_engine_args(p)
+    EngineArgs.add_cli_args(p)
     p.set_defaults(func=run)
 
 
@@ -35,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
                             max_tokens=args.max_tokens, stop=args.stop,
                             seed=args.seed)
     if not args.stream:
-        out = LLM(**engine_kwargs(args)).generate(prompt, params, use_tqdm=False)[0]
+        out = LLM(**EngineArgs.from_cli_args(args).to_dict()).generate(prompt, params, use_tqdm=False)[0]
         for completion in out.outputs:
             if args.n > 1:
                 print(f"--- completion {completion.index} ({completion.finish_reason})")
             print(prompt + completion.text)
         return 0
-    engine = LLMEngine(**engine_kwargs(args))
+    engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
     engine.add_request("cli", prompt, params)
     printed = [0] * args.n
     sys.stdout.write(prompt)

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-from engine.entrypoints.cli.args import add_engine_args, engine_kwargs
+from engine.engine_args import EngineArgs
 
 logger = logging.getLogger("codeinfer.serve")
 
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                    help="seconds in-flight requests may run after SIGTERM before being aborted")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
-    add_engine_args(p)
+    EngineArgs.add_cli_args(p)
     p.set_defaults(func=run)
 
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.entrypoints.server.drain import DrainingServer
 
     try:
-        engine = LLMEngine(**engine_kwargs(args))
+        engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
     except (ValueError, OSError) as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 1
