@@ -2,11 +2,14 @@
 
 A preset fixes n, temperature (one value, or one per k as CodeGen's paper does), top-p and the
 new-token budget. `prompt_builder` turns a problem into the engine prompt (default: the problem's
-prompt text); models with their own prompt layout (CodeCLM's modality segments) register one with
-`set_prompt_builder`, and may register `completion_postprocess` for their decoded text.
+prompt text); models with their own prompt layout (CodeCLM's modality segments, codeclm.py here)
+name one, and may name a `completion_postprocess` for their decoded text; `set_prompt_builder`
+replaces them.
 """
 from dataclasses import dataclass, replace
 from typing import Callable
+
+from engine.tools.humaneval import codeclm
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,10 @@ PRESETS = {
     # CodeGen: best of T in {0.2, 0.6, 0.8} per k; codegen-350M-mono 12.76 / 23.11 / 35.19
     "codegen": Preset("codegen", n=100, temperature={1: 0.2, 10: 0.6, 100: 0.8},
                       top_p=0.95, max_tokens=128),
-    # CodeCLM: T 0.95, top-p 0.8, n 200; its prompt layout is registered by the CodeCLM work.
-    "codeclm": Preset("codeclm", n=200, temperature=0.95, top_p=0.8, max_tokens=128),
+    # CodeCLM: T 0.95, top-p 0.8, n 200, its modality-segment prompt layout
+    "codeclm": Preset("codeclm", n=200, temperature=0.95, top_p=0.8, max_tokens=128,
+                      prompt_builder=codeclm.humaneval_prompt,
+                      completion_postprocess=codeclm.humaneval_completion),
 }
 
 
