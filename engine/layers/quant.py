@@ -9,13 +9,16 @@ On the CPU one call of kernels.cpu.int8_linear does it all, in one parallel regi
        arithmetic);
     2. the VNNI u8 x s8 GEMM on weights packed once at load (kernels.reference.pack_int8_weight)
        with the epilogue fused: x row scale x weight scale, + bias, gelu on the columns from
-       act_start, + residual, one bf16 (or fp32) write. About 2x the bf16 GEMM on this CPU; at
-       decode sizes 1.3-2x oneDNN's int8 GEMM plus a separate epilogue, on par in prefill.
+       act_start, + residual, one bf16 (or fp32) write: faster than the bf16 GEMM, and at decode
+       sizes than oneDNN's int8 GEMM with a separate epilogue (README, Performance).
 Per-row (per-token) activation scales keep a token's result independent of the other tokens of
 the step, so batched greedy decoding gives the tokens of one-at-a-time decoding (the int32
-accumulation is exact whatever the batch). On other devices the int8 weight is dequantized to the
-activation dtype per call. Agreement with fp32: README, Performance."""
+accumulation is exact whatever the batch). With attention_backend "torch" the same call runs
+kernels.reference.int8_linear. On other devices the int8 weight is dequantized to the activation
+dtype per call. Agreement with fp32: README, Performance."""
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +49,14 @@ class Int8Linear(nn.Module):
     """y = residual + act(linear(norm(x))) with int8 weights; see the module docstring."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None,
-                 packed: bool | None = None):
+                 packed: bool | None = None, ops=None):
         """out_dtype: the output dtype (None: the input's); fp32 for logits, which a bf16 output would
-        round to ~0.4% and so flip near-tied argmaxes. packed: keep the weight in int8_linear's packed
+        round and so flip near-tied argmaxes. packed: keep the weight in int8_linear's packed
         layout (the CPU path; default: when the weight is on the CPU), else as [out, in] int8 that
-        is dequantized per call."""
+        is dequantized per call. ops: the module whose int8_linear runs the packed path
+        (kernels.reference for the "torch" backend; default: the C++ one)."""
         super().__init__()
+        self.ops = ops or cpu_ops
         self.out_features, self.in_features = weight.shape
         q, scale = quantize_per_channel(weight)
         self.register_buffer("scale", scale)        # [out] fp32
@@ -69,8 +74,8 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype | None = None,
-                    packed: bool | None = None) -> Int8Linear:
-        return cls(linear.weight, linear.bias, out_dtype, packed)
+                    packed: bool | None = None, ops=None) -> Int8Linear:
+        return cls(linear.weight, linear.bias, out_dtype, packed, ops)
 
     def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,9 +91,9 @@ class Int8Linear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
     def _forward_packed(self, x, norm, act_start, residual):
-        buffers = self._buffers  # direct reads: nn.Module.__getattr__ costs ~1 us a lookup, per step
+        buffers = self._buffers  # direct reads: nn.Module.__getattr__ is slow, and runs per layer per step
         out_dtype, bias, residual, gamma, beta, eps = packed_operands(self, x, norm, residual)
-        return cpu_ops.int8_linear(x, buffers["packed_weight"], buffers["colsum"], buffers["scale"], bias,
+        return self.ops.int8_linear(x, buffers["packed_weight"], buffers["colsum"], buffers["scale"], bias,
                                    residual, act_start, gamma, beta, eps, out_dtype)
 
     def _forward_dequantized(self, x, norm, act_start, residual):
@@ -108,7 +113,7 @@ def packed_operands(linear: nn.Module, x: torch.Tensor, norm: nn.LayerNorm | Non
     """(out_dtype, bias, residual, gamma, beta, eps) of a packed CPU linear's call (Int8Linear,
     Bf16Linear): bias and residual in the output dtype, the norm's parameters or None."""
     out_dtype = linear.out_dtype or x.dtype
-    bias = linear._parameters.get("bias")  # direct read: nn.Module.__getattr__ costs ~1 us
+    bias = linear._parameters.get("bias")  # direct read: nn.Module.__getattr__ is slow
     if bias is not None and bias.dtype != out_dtype:
         bias = bias.to(out_dtype)
     if residual is not None and residual.dtype != out_dtype:
@@ -118,9 +123,9 @@ def packed_operands(linear: nn.Module, x: torch.Tensor, norm: nn.LayerNorm | Non
 
 
 def replace_linears(model: nn.Module, linear_cls, accept=lambda linear: True) -> nn.Module:
-    """Replace every nn.Linear that `accept` takes by linear_cls(weight, bias, out_dtype); a block
-    with a `merge_projections` method merges its own first. A linear tied to an embedding gets its
-    own copy; the lm_head writes fp32 logits."""
+    """Replace every nn.Linear that `accept` takes by linear_cls(weight, bias, out_dtype) (a class
+    or a partial of one); a block with a `merge_projections` method merges its own first. A linear
+    tied to an embedding gets its own copy; the lm_head writes fp32 logits."""
     for module in list(model.modules()):
         if hasattr(module, "merge_projections"):
             module.merge_projections(linear_cls)
@@ -132,6 +137,6 @@ def replace_linears(model: nn.Module, linear_cls, accept=lambda linear: True) ->
     return model
 
 
-def quantize_linears(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear by an Int8Linear (see replace_linears)."""
-    return replace_linears(model, Int8Linear)
+def quantize_linears(model: nn.Module, ops=None) -> nn.Module:
+    """Replace every nn.Linear by an Int8Linear calling ops.int8_linear (see replace_linears)."""
+    return replace_linears(model, partial(Int8Linear, ops=ops))

@@ -3,6 +3,7 @@ into one flat batch, runs the forward pass, and samples the rows that need a tok
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -83,9 +84,12 @@ class ModelRunner:
         self.ops = select_ops(attention_backend, device)
         # int8: quantized block by block while loading; bf16 on the CPU: packed for the C++ GEMM
         # (engine/layers/bf16.py). Then once more over the model for what is outside the blocks.
-        prepare = quantize_linears if self.quant else None
+        # The packed linears run the backend's own int8_linear / bf16_linear (the reference ones
+        # for "torch"); Triton has none (on the GPU the GEMMs stay on torch), so the C++ ones.
+        linear_ops = self.ops if hasattr(self.ops, "int8_linear") else None
+        prepare = partial(quantize_linears, ops=linear_ops) if self.quant else None
         if not self.quant and dtype == torch.bfloat16 and device.type == "cpu":
-            prepare = pack_linears
+            prepare = partial(pack_linears, ops=linear_ops)
         self.model = load_model(config, model_dir, self.ops, dtype, device, prepare_block=prepare)
         if prepare is not None:
             prepare(self.model)
