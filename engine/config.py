@@ -49,7 +49,7 @@ class ModelConfig:
 # vocab 51200, 2048 positions). The weights bound most sizes (their shapes are checked against the
 # safetensors headers before anything is allocated); these bound what no weight backs: the list of
 # layers built on the meta device, the per-layer window list and CodeGen's rotary table.
-MAX_LAYERS = 256  # also bounds the meta-device build that checks the weights (~2 ms a layer)
+MAX_LAYERS = 256  # also bounds the meta-device build that checks the weights (time per layer)
 MAX_HIDDEN = 1 << 16
 MAX_INTERMEDIATE = 1 << 18
 MAX_VOCAB = 1 << 22

@@ -123,10 +123,6 @@ class AsyncLLM:
         return self._stats
 
     @property
-    def num_unfinished(self) -> int:
-        return len(self._streams)
-
-    @property
     def num_waiting(self) -> int:
         return sum(1 for s in self._streams.values() if not s.started)
 

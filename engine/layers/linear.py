@@ -26,7 +26,7 @@ def activation(name: str):
 
 # Activations oneDNN applies as a post-op of the bf16 CPU GEMM, (attr, algorithm) of
 # mkldnn._linear_pointwise: one pass over the output, the activation computed in fp32 before rounding
-# (a separate bf16 gelu costs ~20% of the fc_in GEMM in prefill).
+# (a separate bf16 gelu would be another pass over the fc_in output).
 ONEDNN_POST_OPS = {"gelu_new": ("gelu", "tanh"), "gelu_fast": ("gelu", "tanh"),
                    "gelu": ("gelu", "none")}
 # oneDNN runs bf16 inner products only on CPUs with AVX-512 (or AMX); on AVX2 it cannot create one.
@@ -48,7 +48,7 @@ def project(linear: nn.Module, x: torch.Tensor, norm: nn.Module | None = None, a
     GEMM; fp32 keeps the unfused ops, so fp32 outputs match transformers exactly."""
     if isinstance(linear, PACKED_LINEARS):
         fused = act is None or act in FUSED_ACTS
-        # forward, not __call__: these modules take no hooks, and the call costs ~1.5 us (x ~50 a step)
+        # forward, not __call__: these modules take no hooks, and __call__'s overhead runs per linear per step
         y = linear.forward(x, norm=norm, act_start=0 if act is not None and fused else None,
                            residual=residual if fused else None)
         return y if fused else residual_add(activation(act)(y), residual)
@@ -67,9 +67,8 @@ def residual_add(y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor
 
 def logits_fp32(lm_head: nn.Module, norm: nn.Module, hidden: torch.Tensor, refine: int = 8) -> torch.Tensor:
     """[rows, hidden] -> fp32 logits of lm_head(norm(hidden)). A bf16 GEMM rounds its outputs to bf16
-    (~0.4% apart, which flips near-tied argmaxes: fp32 agreement of the bundled model's bf16 argmax
-    98.97% -> 99.6%), so each row's `refine` largest logits are recomputed in fp32 from the same bf16
-    operands. A packed head (Int8Linear, Bf16Linear) writes fp32 itself; fp32 heads are exact already."""
+    (~0.4% apart, which flips near-tied argmaxes; README, Performance, has the agreement), so each
+    row's `refine` largest logits are recomputed in fp32 from the same bf16 operands. A packed head (Int8Linear, Bf16Linear) writes fp32 itself; fp32 heads are exact already."""
     if isinstance(lm_head, PACKED_LINEARS):
         return project(lm_head, hidden, norm=norm).float()
     h = norm(hidden)

@@ -6,7 +6,7 @@ Each (system, concurrency, load) runs in a fresh subprocess (`python -m engine.t
 so the peak resident memory reported is that configuration's alone, and one system that fails is
 reported failed with its reason while the others go on. Rounds run every configuration once, round
 robin, each round first measuring the machine's memory bandwidth, so ratios can be paired per round
-(this VM's bandwidth moves between ~40 and ~74 GB/s from one round to the next). Per configuration:
+(a shared VM's bandwidth moves from one round to the next). Per configuration:
     tokens/s    = concurrency x max_tokens / wall time of the whole run (prefill included)
     TTFT        = time until every request has its first token (codeinfer: streamed from the timed
                   run; peers: a generate of one new token on prompts of the same shape)

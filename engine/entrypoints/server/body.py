@@ -1,11 +1,10 @@
 """Request bodies: a size limit enforced while they arrive, and JSON decoding that does not hold
 up the other clients.
 
-A JSON parser holds the GIL for as long as it works on one document: about 50-90 ms for a 15 MB
-prompt with pydantic-core's parser on this project's CPUs, and no stream moves meanwhile. Bodies of
-INLINE_LIMIT bytes or more are therefore decoded by a helper process (`python -I -S`, json and
-marshal only, started on first use) and come back marshalled, which takes the server a few ms to
-read. marshal is safe here because its input is the helper's marshal.dumps of json.loads' output
+A JSON parser holds the GIL for as long as it works on one document: tens of milliseconds for a
+prompt of megabytes, and no stream moves meanwhile. Bodies of INLINE_LIMIT bytes or more are
+therefore decoded by a helper process (`python -I -S`, json and marshal only, started on first use)
+and come back marshalled, which the server reads far faster than it would parse the JSON. marshal is safe here because its input is the helper's marshal.dumps of json.loads' output
 (dicts, lists, str, int, float, bool, None), never bytes from a client.
 """
 
