@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER = "import sys; from engine.cli import main; sys.exit(main())"
+RUNNER = "import sys; from engine.entrypoints.cli.main import main; sys.exit(main())"
 
 
 class Server:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from engine.config import load_config
-    from engine.llm_engine import default_model_dir
+    from engine.core.llm_engine import default_model_dir
     from engine.tokenizer import Tokenizer
 
     model_dir = Path(args.model) if args.model else default_model_dir()

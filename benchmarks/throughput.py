@@ -1,4 +1,4 @@
-"""End-to-end offline throughput and latency: a thin wrapper of `codeinfer bench` (engine/bench.py does
+"""End-to-end offline throughput and latency: a thin wrapper of `codeinfer bench` (engine/tools/bench.py does
 the work, so the installed command needs no repository). Examples:
 
     python benchmarks/make_checkpoints.py /tmp/ckpt
@@ -12,7 +12,7 @@ GPU readiness (kernels, parity, bandwidth, tokens/s on CUDA) is benchmarks/gpu_c
 """
 import sys
 
-from engine.cli import main
+from engine.entrypoints.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

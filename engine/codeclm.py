@@ -1,5 +1,5 @@
-"""CodeCLM partial embedding separation (pycodegpt-CodeCLM-partial-100m): the vocabulary of twins,
-its decoding and its HumanEval prompt layout.
+"""CodeCLM partial embedding separation (pycodegpt-CodeCLM-partial-100m): the vocabulary of twins
+and its decoding (its HumanEval prompt layout is engine/tools/humaneval/codeclm.py).
 
 About 350 Python-specific tokens `s` have a twin `[_DUP_]s` appended to the vocabulary as an added
 token. Code-modality tokens look up the twin's embedding row (the remap table, used inside the
@@ -18,18 +18,15 @@ import os
 import pickle
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
-import torch
-
-from engine.humaneval.presets import set_prompt_builder
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 DUP = "[_DUP_]"
 MAP_FILE = "replicated_tokens_map.pkl"
 NEW_LINE, INDENT, DEDENT = "<NEW_LINE>", "<INDENT>", "<DEDENT>"
 EOT = "<eot>"
-BEGIN, COMMENTS, PYTHON = "<|beginoftext|>", "<comments>", "<python>"
 INDENT_TEXT = " " * 4
 _LINEARISED = re.compile(f"({re.escape(NEW_LINE)}|{re.escape(INDENT)}|{re.escape(DEDENT)})")
 
@@ -73,28 +70,43 @@ def read_replicated_tokens_map(path: str | Path) -> dict[int, int]:
 # ----------------------------------------------------------------- the vocabulary of twins
 @dataclass(frozen=True)
 class CodeCLMVocab:
+    """The engine's vocabulary (engine/vocab.py's interface) for a modality-separated checkpoint:
+    generated tokens are code, text twins are never sampled, <eot> ends a sequence."""
     twins: dict[int, int]       # text id -> code id ([_DUP_] twin)
     vocab_size: int             # rows of wte
     marker_ids: dict[int, str]  # token id -> <NEW_LINE> | <INDENT> | <DEDENT>
     eot_token_id: int | None    # end of generated code
+    generated_modality: ClassVar[int] = 1
 
     @property
-    def remap(self) -> torch.Tensor:
+    def eos_token_id(self) -> int | None:
+        return self.eot_token_id
+
+    @property
+    def remap(self) -> "torch.Tensor":
         """[vocab_size] int64: wte row of each id in code modality (identity but for the twins)."""
+        import torch  # the text side of this module (decoding, the token map) needs no torch
         table = torch.arange(self.vocab_size, dtype=torch.int64)
         if self.twins:
             table[torch.tensor(list(self.twins))] = torch.tensor(list(self.twins.values()))
         return table
 
     @property
-    def text_twin_mask(self) -> torch.Tensor:
+    def text_twin_mask(self) -> "torch.Tensor":
         """[vocab_size] bool: text ids that have a code twin (never sampled when generating code)."""
+        import torch
         mask = torch.zeros(self.vocab_size, dtype=torch.bool)
         if self.twins:
             mask[torch.tensor(list(self.twins))] = True
         return mask
 
-    def detokenizer(self, tokenizer: Tokenizer) -> "CodeDetokenizer":
+    @property
+    def sampling_mask(self) -> "torch.Tensor":
+        """The text twins: a separated token is always emitted as its code twin."""
+        return self.text_twin_mask
+
+    def detokenizer(self, tokenizer: Tokenizer, prompt_token_ids: list[int] | None = None) -> "CodeDetokenizer":
+        """Generated code is decoded on its own (prompt_token_ids are not needed)."""
         return CodeDetokenizer(self, tokenizer)
 
 
@@ -195,42 +207,3 @@ class CodeDetokenizer:
             new = self.lines.text(self.bytes.add(self.code_to_text.get(token_id, token_id)))
         self.text += new
         return new
-
-
-# ----------------------------------------------------------------- HumanEval prompt layout
-def _split_signature(problem: dict) -> tuple[str, str]:
-    """(code up to the end of the entry point's `def` line(s), the docstring that follows)."""
-    prompt = problem["prompt"]
-    entry = problem.get("entry_point")
-    match = re.search(rf"^def {re.escape(entry)}\b" if entry else r"^def ", prompt, re.M)
-    if match is None:
-        defs = list(re.finditer(r"^def ", prompt, re.M))
-        if not defs:
-            raise ValueError(f"problem {problem.get('task_id')!r}: no `def` line in the prompt")
-        match = defs[-1]
-    end = match.start()
-    for line in prompt[match.start():].splitlines(keepends=True):
-        end += len(line)
-        if line.split("#")[0].rstrip().endswith(":"):
-            break
-    signature = prompt[:end].rstrip()  # the newline goes with the docstring, as the authors split it
-    return signature.lstrip(), prompt[len(signature):].rstrip()
-
-
-def humaneval_prompt(problem: dict) -> dict:
-    """The paper's layout: <|beginoftext|> signature (code) <comments> docstring (text) <python>."""
-    signature, docstring = _split_signature(problem)
-    return {"segments": [("text", BEGIN), ("code", signature),
-                         ("text", COMMENTS + docstring + PYTHON)]}
-
-
-def humaneval_completion(text: str) -> str:
-    """Decoded completion -> function body that follows problem["prompt"] (which ends in a newline).
-
-    Engine text is already source; raw linearised text (samples decoded elsewhere) is rebuilt."""
-    if any(m in text for m in (NEW_LINE, INDENT, DEDENT, DUP, EOT)):
-        text = linearised_to_source(text.split(EOT)[0])
-    return text[1:] if text.startswith("\n") else text
-
-
-set_prompt_builder("codeclm", humaneval_prompt, completion_postprocess=humaneval_completion)

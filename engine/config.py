@@ -1,13 +1,12 @@
 """Model configuration read from a checkpoint folder (config.json, generation_config.json), every
 field type- and range-checked before it sizes anything: a checkpoint folder is untrusted input.
-Only the architectures in SUPPORTED_ARCHITECTURES are accepted."""
+Each model file (engine/models/) translates its own Hugging Face config (`from_hf_config`); this
+module holds the shared dataclass, the checked reads and the lookup by `architectures`."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-SUPPORTED_ARCHITECTURES = ("GPTNeoForCausalLM", "CodeGenForCausalLM")
 
 
 @dataclass
@@ -35,7 +34,6 @@ class ModelConfig:
     layer_windows: list[int] = field(default_factory=list)
     attention_scale: float = 1.0
     rotary_dim: int = 0
-    rotary_interleaved: bool = True
     learned_positions: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -51,7 +49,7 @@ class ModelConfig:
 # vocab 51200, 2048 positions). The weights bound most sizes (their shapes are checked against the
 # safetensors headers before anything is allocated); these bound what no weight backs: the list of
 # layers built on the meta device, the per-layer window list and CodeGen's rotary table.
-MAX_LAYERS = 256  # also bounds the meta-device build that checks the weights (~2 ms a layer)
+MAX_LAYERS = 256  # also bounds the meta-device build that checks the weights (time per layer)
 MAX_HIDDEN = 1 << 16
 MAX_INTERMEDIATE = 1 << 18
 MAX_VOCAB = 1 << 22
@@ -60,8 +58,6 @@ MAX_ROTARY_TABLE_BYTES = 1 << 26  # [n_positions, rotary_dim] fp32: 262144 posit
 # A config or tokenizer file past this is not one (real ones are KB; tokenizer.json a few MB): a
 # sparse file could otherwise claim terabytes that read_text would try to hold.
 MAX_JSON_BYTES = 64 << 20
-# CodeGen's qkv_proj rows are 4 chunks of [q | v | k] (engine/models/codegen.py): n_embd splits in 4.
-CODEGEN_QKV_CHUNKS = 4
 _REQUIRED = object()
 
 
@@ -86,7 +82,7 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class _Fields:
+class ConfigFields:
     """Typed, range-checked reads of one JSON object. JSON null counts as absent; ints must be real
     ints (not bools, not 64.0). Every error is a ValueError naming the file and the field."""
 
@@ -140,107 +136,43 @@ class _Fields:
             raise self.error(key, f"must be token ids in [0, {vocab_size}), got {_show(value)}")
         return ids[0] if ids else None
 
-
-def _activation(f: _Fields) -> str:
-    from engine.models.layers import ACTIVATIONS  # the implemented ones are the only valid names
-    return f.choice("activation_function", "gelu_new", ACTIVATIONS)
-
-
-def _heads(f: _Fields, hidden_key: str, heads_key: str) -> tuple[int, int]:
-    hidden, num_heads = f.integer(hidden_key), f.integer(heads_key)
-    if hidden % num_heads:
-        raise f.error(heads_key, f"{num_heads} does not divide {hidden_key} {hidden}")
-    return hidden, num_heads
+    def heads(self, hidden_key: str, heads_key: str) -> tuple[int, int]:
+        """(hidden size, number of heads), the heads dividing the hidden size."""
+        hidden, num_heads = self.integer(hidden_key), self.integer(heads_key)
+        if hidden % num_heads:
+            raise self.error(heads_key, f"{num_heads} does not divide {hidden_key} {hidden}")
+        return hidden, num_heads
 
 
-def _attention_kinds(f: _Fields, num_layers: int) -> list[str]:
-    """GPT-Neo's attention_types [[["global", "local"], 6]] -> ["global", "local", ...] of length
-    num_layers, which a saved attention_layers (transformers runs that one) must equal."""
-    types = f.get("attention_types", [[["global"], num_layers]])
-    if not isinstance(types, list) or not all(
-            isinstance(t, list) and len(t) == 2 and isinstance(t[0], list) and type(t[1]) is int
-            and t[1] >= 1 and all(k in ("global", "local") for k in t[0]) for t in types):
-        raise f.error("attention_types", 'must be [[["global" | "local", ...], repeat >= 1], ...]')
-    count = sum(len(pattern) * repeat for pattern, repeat in types)  # before expanding: no 10**12 list
-    if count != num_layers:
-        raise f.error("attention_types", f"describe {count} layers, num_layers is {num_layers}")
-    kinds = [kind for pattern, repeat in types for kind in pattern * repeat]
-    if f.get("attention_layers", kinds) != kinds:
-        raise f.error("attention_layers", "disagrees with attention_types")
-    return kinds
+def _model_class(f: ConfigFields):
+    """The model class (engine/models/) of the first supported name in `architectures`."""
+    from engine.models import MODEL_REGISTRY
 
-
-def _gpt_neo(f: _Fields) -> ModelConfig:
-    hidden, num_heads = _heads(f, "hidden_size", "num_heads")
-    num_layers = f.integer("num_layers", high=MAX_LAYERS)
-    kinds = _attention_kinds(f, num_layers)
-    window = f.integer("window_size", 256, high=MAX_POSITIONS)
-    return ModelConfig(
-        architecture="GPTNeoForCausalLM", vocab_size=f.integer("vocab_size", high=MAX_VOCAB),
-        hidden_size=hidden, num_layers=num_layers, num_heads=num_heads,
-        intermediate_size=f.integer("intermediate_size", 4 * hidden, high=MAX_INTERMEDIATE),
-        max_position_embeddings=f.integer("max_position_embeddings", high=MAX_POSITIONS),
-        layer_norm_eps=f.eps("layer_norm_epsilon", 1e-5), activation=_activation(f),
-        tie_word_embeddings=f.boolean("tie_word_embeddings", True),
-        layer_windows=[window if k == "local" else 0 for k in kinds],
-        attention_scale=1.0,  # GPT-Neo does not scale scores by 1/sqrt(head_dim).
-        learned_positions=True,
-    )
-
-
-def _codegen(f: _Fields) -> ModelConfig:
-    hidden, num_heads = _heads(f, "n_embd", "n_head")
-    if hidden % CODEGEN_QKV_CHUNKS:
-        raise f.error("n_embd", f"must be a multiple of {CODEGEN_QKV_CHUNKS} (qkv_proj chunks), got {hidden}")
-    head_dim = hidden // num_heads
-    rotary_dim = f.integer("rotary_dim", head_dim, high=head_dim)  # null: rotate the whole head
-    if rotary_dim % 2:
-        raise f.error("rotary_dim", f"must be even (it rotates pairs), got {rotary_dim}")
-    n_ctx = f.integer("n_ctx", 2048, high=MAX_POSITIONS)
-    max_positions = f.integer("n_positions", n_ctx, high=MAX_POSITIONS)
-    if max_positions * rotary_dim * 4 > MAX_ROTARY_TABLE_BYTES:
-        raise f.error("n_positions", f"{max_positions} x rotary_dim {rotary_dim} needs a rotary table "
-                                     f"over {MAX_ROTARY_TABLE_BYTES} bytes")
-    num_layers = f.integer("n_layer", high=MAX_LAYERS)
-    return ModelConfig(
-        architecture="CodeGenForCausalLM", vocab_size=f.integer("vocab_size", high=MAX_VOCAB),
-        hidden_size=hidden, num_layers=num_layers, num_heads=num_heads,
-        intermediate_size=f.integer("n_inner", 4 * hidden, high=MAX_INTERMEDIATE),
-        max_position_embeddings=max_positions,
-        layer_norm_eps=f.eps("layer_norm_epsilon", 1e-5), activation=_activation(f),
-        tie_word_embeddings=f.boolean("tie_word_embeddings", False),
-        layer_windows=[0] * num_layers,
-        attention_scale=head_dim ** -0.5,
-        rotary_dim=rotary_dim, rotary_interleaved=True,
-    )
-
-
-def _architecture(f: _Fields) -> str:
     archs = f.get("architectures", [])
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise f.error("architectures", f"must be a list of class names, got {_show(archs)}")
-    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    arch = next((a for a in archs if a in MODEL_REGISTRY), None)
     if arch is None:
         raise ValueError(f"unsupported architecture {_show(archs or f.data.get('model_type'))} in "
-                         f"{f.path}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
-    return arch
+                         f"{f.path}; supported: {', '.join(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[arch]
 
 
 def load_config(model_dir: str | Path) -> ModelConfig:
     """Read and check config.json (+ generation_config.json for special token ids) of a checkpoint,
     and check that its safetensors headers hold exactly the tensors this config implies, before
     anything is allocated: a config that passes describes the weights that are there."""
-    from engine.weights import check_checkpoint  # weights imports this module
+    from engine.worker.weights import check_checkpoint  # weights imports this module
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ValueError(f"model: {str(model_dir)!r} is not a directory")
-    cfg = _Fields(read_json_object(model_dir / "config.json"), model_dir / "config.json")
+    cfg = ConfigFields(read_json_object(model_dir / "config.json"), model_dir / "config.json")
     if not cfg.data:
         raise ValueError(f"model: no config.json in {model_dir}")
-    config = _gpt_neo(cfg) if _architecture(cfg) == "GPTNeoForCausalLM" else _codegen(cfg)
+    config = _model_class(cfg).from_hf_config(cfg)
     gen_path = model_dir / "generation_config.json"
-    gen = _Fields(read_json_object(gen_path), gen_path)
+    gen = ConfigFields(read_json_object(gen_path), gen_path)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # generation_config.json wins
         from_config, from_gen = cfg.token_id(key, config.vocab_size), gen.token_id(key, config.vocab_size)
         setattr(config, key, from_config if gen.get(key, None) is None else from_gen)

@@ -4,6 +4,7 @@ Loads tokenizer.json, or GPT-2 style vocab.json + merges.txt with added tokens f
 added_tokens.json / tokenizer_config.json (CodeGen's whitespace tokens)."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -133,6 +134,12 @@ class Tokenizer:
         self.vocab = self._tok.get_vocab(with_added_tokens=True)
         self.added_tokens = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items()}
         self.max_token_chars = _max_token_chars(self._tok)
+
+    def with_eos(self, eos_token_id: int) -> Tokenizer:
+        """This tokenizer with another end-of-sequence id (CodeCLM's <eot>); self is unchanged."""
+        other = copy.copy(self)
+        other.eos_token_id = eos_token_id
+        return other
 
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)

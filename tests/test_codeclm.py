@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.block_manager import block_hash
-from engine.codeclm import (DUP, MAP_FILE, detect, humaneval_completion, humaneval_prompt,
-                            linearised_to_source, read_replicated_tokens_map)
-from engine.humaneval import generate_samples, get_preset
-from engine.llm_engine import LLMEngine
+from engine.codeclm import DUP, MAP_FILE, detect, linearised_to_source, read_replicated_tokens_map
+from engine.core.block_manager import block_hash
+from engine.core.llm_engine import LLMEngine
 from engine.tokenizer import Tokenizer
+from engine.tools.humaneval import generate_samples, get_preset
+from engine.tools.humaneval.codeclm import humaneval_completion, humaneval_prompt
 from tests.checkpoints import hf_model
 from tests.codeclm_checkpoint import make_codeclm
 

@@ -7,13 +7,15 @@ import re
 import torch
 from torch import nn
 
-from engine.attention import AttentionMetadata
-from engine.config import CODEGEN_QKV_CHUNKS as QKV_CHUNKS, ModelConfig
-from engine.models.layers import FUSED_ACTS, MLP, SelfAttention, logits_fp32, project
+from engine.config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_ROTARY_TABLE_BYTES, MAX_VOCAB,
+                           ConfigFields, ModelConfig)
+from engine.layers.attention import AttentionMetadata, SelfAttention
+from engine.layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, logits_fp32, project
 from kernels.reference import rotary_cos_sin
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are QKV_CHUNKS chunks of
 # [q | v | k] (the config check refuses an n_embd they do not divide).
+QKV_CHUNKS = 4
 
 
 def relayout_qkv(weight: torch.Tensor) -> torch.Tensor:
@@ -64,6 +66,7 @@ class CodeGenBlock(nn.Module):
 
 
 class CodeGenForCausalLM(nn.Module):
+    ARCHITECTURE = "CodeGenForCausalLM"  # config.json's `architectures`
     WEIGHT_MAP = [
         (r"transformer\.wte\.weight", "wte.weight"),
         (r"transformer\.h\.(\d+)\.ln_1\.(weight|bias)", r"layers.\1.ln_1.\2"),
@@ -75,6 +78,35 @@ class CodeGenForCausalLM(nn.Module):
         (r"lm_head\.(weight|bias)", r"lm_head.\1"),
     ]
     IGNORED = re.compile(r".*attn\.(causal_mask|masked_bias|bias|embed_positions)$")
+
+    @classmethod
+    def from_hf_config(cls, f: ConfigFields) -> ModelConfig:
+        """transformers' CodeGenConfig fields -> ModelConfig, each one checked."""
+        hidden, num_heads = f.heads("n_embd", "n_head")
+        if hidden % QKV_CHUNKS:
+            raise f.error("n_embd", f"must be a multiple of {QKV_CHUNKS} (qkv_proj chunks), got {hidden}")
+        head_dim = hidden // num_heads
+        rotary_dim = f.integer("rotary_dim", head_dim, high=head_dim)  # null: rotate the whole head
+        if rotary_dim % 2:
+            raise f.error("rotary_dim", f"must be even (it rotates pairs), got {rotary_dim}")
+        n_ctx = f.integer("n_ctx", 2048, high=MAX_POSITIONS)
+        max_positions = f.integer("n_positions", n_ctx, high=MAX_POSITIONS)
+        if max_positions * rotary_dim * 4 > MAX_ROTARY_TABLE_BYTES:
+            raise f.error("n_positions", f"{max_positions} x rotary_dim {rotary_dim} needs a rotary "
+                                         f"table over {MAX_ROTARY_TABLE_BYTES} bytes")
+        num_layers = f.integer("n_layer", high=MAX_LAYERS)
+        return ModelConfig(
+            architecture=cls.ARCHITECTURE, vocab_size=f.integer("vocab_size", high=MAX_VOCAB),
+            hidden_size=hidden, num_layers=num_layers, num_heads=num_heads,
+            intermediate_size=f.integer("n_inner", 4 * hidden, high=MAX_INTERMEDIATE),
+            max_position_embeddings=max_positions,
+            layer_norm_eps=f.eps("layer_norm_epsilon", 1e-5),
+            activation=f.choice("activation_function", "gelu_new", ACTIVATIONS),
+            tie_word_embeddings=f.boolean("tie_word_embeddings", False),
+            layer_windows=[0] * num_layers,
+            attention_scale=head_dim ** -0.5,
+            rotary_dim=rotary_dim,
+        )
 
     def __init__(self, config: ModelConfig, ops):
         super().__init__()

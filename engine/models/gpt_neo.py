@@ -7,9 +7,27 @@ import re
 import torch
 from torch import nn
 
-from engine.attention import AttentionMetadata
-from engine.config import ModelConfig
-from engine.models.layers import MLP, SelfAttention, logits_fp32
+from engine.config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigFields,
+                           ModelConfig)
+from engine.layers.attention import AttentionMetadata, SelfAttention
+from engine.layers.linear import ACTIVATIONS, MLP, logits_fp32
+
+
+def _attention_kinds(f: ConfigFields, num_layers: int) -> list[str]:
+    """GPT-Neo's attention_types [[["global", "local"], 6]] -> ["global", "local", ...] of length
+    num_layers, which a saved attention_layers (transformers runs that one) must equal."""
+    types = f.get("attention_types", [[["global"], num_layers]])
+    if not isinstance(types, list) or not all(
+            isinstance(t, list) and len(t) == 2 and isinstance(t[0], list) and type(t[1]) is int
+            and t[1] >= 1 and all(k in ("global", "local") for k in t[0]) for t in types):
+        raise f.error("attention_types", 'must be [[["global" | "local", ...], repeat >= 1], ...]')
+    count = sum(len(pattern) * repeat for pattern, repeat in types)  # before expanding: no 10**12 list
+    if count != num_layers:
+        raise f.error("attention_types", f"describe {count} layers, num_layers is {num_layers}")
+    kinds = [kind for pattern, repeat in types for kind in pattern * repeat]
+    if f.get("attention_layers", kinds) != kinds:
+        raise f.error("attention_layers", "disagrees with attention_types")
+    return kinds
 
 
 class GPTNeoBlock(nn.Module):
@@ -30,6 +48,7 @@ class GPTNeoBlock(nn.Module):
 
 
 class GPTNeoForCausalLM(nn.Module):
+    ARCHITECTURE = "GPTNeoForCausalLM"  # config.json's `architectures`
     # HF name -> (local name, shard of a packed parameter or None). Anything matching IGNORED is a
     # buffer transformers saves (causal masks), not a weight.
     WEIGHT_MAP = [
@@ -46,6 +65,26 @@ class GPTNeoForCausalLM(nn.Module):
         (r"lm_head\.weight", "lm_head.weight", None),
     ]
     IGNORED = re.compile(r".*attn\.attention\.(bias|masked_bias)$")
+
+    @classmethod
+    def from_hf_config(cls, f: ConfigFields) -> ModelConfig:
+        """transformers' GPTNeoConfig fields -> ModelConfig, each one checked."""
+        hidden, num_heads = f.heads("hidden_size", "num_heads")
+        num_layers = f.integer("num_layers", high=MAX_LAYERS)
+        kinds = _attention_kinds(f, num_layers)
+        window = f.integer("window_size", 256, high=MAX_POSITIONS)
+        return ModelConfig(
+            architecture=cls.ARCHITECTURE, vocab_size=f.integer("vocab_size", high=MAX_VOCAB),
+            hidden_size=hidden, num_layers=num_layers, num_heads=num_heads,
+            intermediate_size=f.integer("intermediate_size", 4 * hidden, high=MAX_INTERMEDIATE),
+            max_position_embeddings=f.integer("max_position_embeddings", high=MAX_POSITIONS),
+            layer_norm_eps=f.eps("layer_norm_epsilon", 1e-5),
+            activation=f.choice("activation_function", "gelu_new", ACTIVATIONS),
+            tie_word_embeddings=f.boolean("tie_word_embeddings", True),
+            layer_windows=[window if k == "local" else 0 for k in kinds],
+            attention_scale=1.0,  # GPT-Neo does not scale scores by 1/sqrt(head_dim).
+            learned_positions=True,
+        )
 
     def __init__(self, config: ModelConfig, ops):
         super().__init__()

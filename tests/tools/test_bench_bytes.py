@@ -1,7 +1,7 @@
-"""Bytes a decode step reads (engine/bench_bytes.py), against numbers worked out by hand on tiny
+"""Bytes a decode step reads (engine/tools/bench_bytes.py), against numbers worked out by hand on tiny
 configs of both architectures, in bf16, int8 and fp32 storage, bf16 and int8 KV caches."""
-from engine.bench_bytes import Storage, decode_bytes, sequence_bytes, weight_bytes
 from engine.config import ModelConfig
+from engine.tools.bench_bytes import Storage, decode_bytes, sequence_bytes, weight_bytes
 
 BF16 = Storage(weight=2, per_channel=0, act=2, kv=2)
 FP32 = Storage(weight=4, per_channel=0, act=4, kv=4)

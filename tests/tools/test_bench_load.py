@@ -1,4 +1,4 @@
-"""Background load (engine/bench_load.py): the busy processes run during the timed part and are
+"""Background load (engine/tools/bench_load.py): the busy processes run during the timed part and are
 always stopped after it, also when the timed function raises or is interrupted, and die with the
 thread that started them."""
 import threading
@@ -7,8 +7,8 @@ import time
 import psutil
 import pytest
 
-from engine import bench_load
-from engine.bench_peers import time_runs
+from engine.tools import bench_load
+from engine.tools.bench_peers import time_runs
 
 PROMPTS = {"warm": [[1]], "prefill": [[1]], "full": [[1]]}
 

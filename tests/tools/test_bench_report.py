@@ -1,11 +1,11 @@
-"""The bench report's arithmetic (engine/bench_report.py, engine/bench.summarize_run): speed-ups paired
+"""The bench report's arithmetic (engine/tools/bench_report.py, engine/bench.summarize_run): speed-ups paired
 per round, loaded against idle, TTFT / ITL / decode bandwidth of one run, failed rows in the table."""
 import math
 
 import pytest
 
-from engine import bench, bench_report
-from engine.bench_report import paired_ratio
+from engine.tools import bench, bench_report
+from engine.tools.bench_report import paired_ratio
 
 
 def test_paired_ratio_is_per_round_then_median_and_range():

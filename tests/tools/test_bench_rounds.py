@@ -1,4 +1,4 @@
-"""The comparison's control flow (engine/bench.py): a peer that fails is reported failed with its
+"""The comparison's control flow (engine/tools/bench.py): a peer that fails is reported failed with its
 one-line reason while the others still run, rounds are round robin with a bandwidth sample each,
 a worker's error becomes a one-line reason, and missing packages fail before anything runs."""
 import importlib.util
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from engine import bench, bench_openvino
-from engine.bench import RunFailed, System
+from engine.tools import bench, bench_openvino
+from engine.tools.bench import RunFailed, System
 
 
 def _fake_run(calls, broken=("ctranslate2",), error=RunFailed("CTranslate2 cannot convert GPT-Neo")):

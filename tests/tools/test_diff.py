@@ -1,4 +1,4 @@
-"""engine.diff: prompt format, candidate extraction, unified-diff apply (round trips and fuzz)."""
+"""engine.tools.diff: prompt format, candidate extraction, unified-diff apply (round trips and fuzz)."""
 import difflib
 import random
 import shutil
@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from engine.diff import apply_diff, build_prompt, extract_candidates, extract_diff
+from engine.tools.diff import apply_diff, build_prompt, extract_candidates, extract_diff
 
 WORDS = ["x = 1", "y = 2", "return x", "pass", "", "    if x:", "        y += 1", "def f(a):",
          "# note", "print(x)"]

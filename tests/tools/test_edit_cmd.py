@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from engine.commands import edit
-from engine.diff import apply_diff, extract_diff
+from engine.entrypoints.cli import edit
+from engine.tools.diff import apply_diff, extract_diff
 from tests.tools.test_diff import _mutate, make_diff
 
 BEFORE = "def add(a, b):\n    return a - b\n\n\nprint(add(1, 2))\n"

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.humaneval import evaluate, get_preset, read_problems
+from engine.tools.humaneval import evaluate, get_preset, read_problems
 from tests.tools.test_humaneval_exec import _run_cli
 
 

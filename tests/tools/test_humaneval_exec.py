@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from engine.commands import eval as eval_command
-from engine.humaneval import read_problems, run_program
+from engine.entrypoints.cli import eval as eval_command
+from engine.tools.humaneval import read_problems, run_program
 
 
 def _run_cli(argv) -> int:

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from engine.humaneval import (PRESETS, get_preset, mean_pass_at_k, pass_at_k, read_problems,
+from engine.tools.humaneval import (PRESETS, get_preset, mean_pass_at_k, pass_at_k, read_problems,
                               set_prompt_builder, truncate_completion)
 
 

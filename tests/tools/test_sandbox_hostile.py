@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from engine.humaneval import execute_samples, read_problems, sandbox
+from engine.tools.humaneval import execute_samples, read_problems, sandbox
 
 SECRET = "codeinfer-secret-4e1f"
 
@@ -237,7 +237,7 @@ def test_program_sees_only_its_own_world():
 
 
 def test_missing_bwrap_is_a_clear_error(monkeypatch):
-    from engine.humaneval import isolation
+    from engine.tools.humaneval import isolation
     monkeypatch.setattr(isolation.shutil, "which", lambda name: None)
     isolation.check_isolation.cache_clear()
     try:

@@ -1,1 +1,0 @@
-"""Subcommands of the `codeinfer` CLI: each module has register(subparsers) setting func=run."""

@@ -1,0 +1,1 @@
+"""Engine core: scheduler, scheduler output, block manager, requests, outputs, the engine loop."""

@@ -1,0 +1,150 @@
+"""LLMEngine: requests in, RequestOutputs out. step() = schedule -> execute -> update.
+
+The input processor checks and tokenises prompts before the core sees them; the scheduler settles
+each step (update_from_output); the output processor detokenises, applies stop strings and makes
+the RequestOutputs."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from engine.codeclm import CodeCLMVocab
+from engine.config import CacheConfig, load_config
+from engine.core.block_manager import BlockManager
+from engine.core.input_processor import InputProcessor, check_sampling_params
+from engine.core.output_processor import OutputProcessor
+from engine.core.outputs import RequestOutput
+from engine.core.sampling_params import SamplingParams
+from engine.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Request
+from engine.engine_args import EngineArgs
+from engine.tokenizer import Tokenizer
+from engine.vocab import Vocabulary, load_vocabulary
+from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL = "codegen-tiny-py"
+
+
+def default_model_dir() -> Path:
+    return ASSETS / DEFAULT_MODEL
+
+
+class LLMEngine:
+    def __init__(self, model: str | None = None, *, vocab: Vocabulary | None = None, **options):
+        """options: the other fields of EngineArgs (engine/engine_args.py). vocab: the checkpoint's
+        vocabulary (None: read from the checkpoint; CodeCLM's modality-separated one is found there)."""
+        args = EngineArgs(model=model, **options)
+        self.num_threads = args.num_threads
+        self.use_threads()
+        model_dir = Path(args.model) if args.model is not None else default_model_dir()
+        self.config = load_config(model_dir)
+        self.model_name = model_dir.resolve().name
+        tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
+        self.vocab = vocab or load_vocabulary(model_dir, tokenizer, self.config.vocab_size)
+        if self.vocab.eos_token_id is not None:  # CodeCLM generates up to <eot>
+            tokenizer = tokenizer.with_eos(self.vocab.eos_token_id)
+        self.tokenizer = tokenizer
+        self.device = resolve_device(args.device)
+        self.dtype = resolve_dtype(args.dtype, self.device)
+        cache = CacheConfig(args.block_size, args.num_kv_blocks, args.kv_cache_dtype,
+                            args.kv_cache_memory_bytes)
+        self.runner = ModelRunner(self.config, model_dir, self.dtype, self.device, args.attention_backend,
+                                  cache, args.max_num_seqs, self.vocab,
+                                  sample_vocab_size=min(len(tokenizer), self.config.vocab_size))
+        self.block_manager = BlockManager(self.runner.num_kv_blocks, args.block_size,
+                                          args.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
+                                   self.vocab.generated_modality)
+        self.input_processor = InputProcessor(self.config, tokenizer, self.vocab, args.seed)
+        self.output_processor = OutputProcessor(tokenizer.eos_token_id)
+        self.requests: dict[str, Request] = {}
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs, vocab: Vocabulary | None = None) -> LLMEngine:
+        return cls(vocab=vocab, **args.to_dict())
+
+    @property
+    def codeclm(self) -> CodeCLMVocab | None:
+        """The modality-separated vocabulary, None for an ordinary checkpoint."""
+        return self.vocab if isinstance(self.vocab, CodeCLMVocab) else None
+
+    @property
+    def generated_modality(self) -> int:
+        """Modality of the tokens the model emits: 0 text, 1 code (CodeCLM)."""
+        return self.vocab.generated_modality
+
+    def use_threads(self) -> None:
+        """Apply num_threads to the calling thread: OpenMP's thread count is a per-thread setting,
+        so a thread that runs steps (AsyncLLM's engine thread) calls this first. None keeps the
+        default (one per core, or OMP_NUM_THREADS)."""
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+
+    # ---------------------------------------------------------------- requests
+    def tokenize(self, prompt, sampling_params: SamplingParams | None = None,
+                 release_gil: bool = False) -> dict:
+        """InputProcessor.tokenize: any thread may call it (AsyncLLM does, off the engine thread)."""
+        return self.input_processor.tokenize(prompt, sampling_params, release_gil)
+
+    def _tokenize(self, prompt, params: SamplingParams | None = None,
+                  release_gil: bool = False) -> tuple[str | None, list[int], list[int]]:
+        return self.input_processor.split(prompt, params, release_gil)
+
+    def add_request(self, request_id: str, prompt, sampling_params: SamplingParams | None = None) -> None:
+        """Queue a prompt (any form `tokenize` takes, or what it returned); ValueError when it
+        or its parameters are invalid or cannot fit."""
+        params = check_sampling_params(sampling_params)
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        tokens = self.tokenize(prompt, params)
+        self.scheduler.check_fits_cache(len(tokens["prompt_token_ids"]) + params.max_tokens, params.n)
+        request = self.input_processor.make_request(request_id, tokens, params)
+        self.requests[request_id] = request
+        self.scheduler.add(request)
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.scheduler.abort(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---------------------------------------------------------------- the loop
+    def step(self) -> list[RequestOutput]:
+        """One engine step. A request that makes it fail (in the forward pass, the sampler or
+        its own update) is aborted and answered with an output whose `error` is set; the other
+        requests go on exactly as without it."""
+        sched = self.scheduler.schedule()
+        if sched.empty:
+            return []
+        output = self.runner.execute(sched)
+        return self.update(sched, output)
+
+    def update(self, sched: SchedulerOutput, output: ModelRunnerOutput) -> list[RequestOutput]:
+        """The scheduler settles the step; failed requests are aborted, the others answered."""
+        advanced = self.scheduler.update_from_output(sched, output, self.output_processor.check_stop)
+        outputs = [self._fail_request(rid, error) for rid, error in output.failed.items()]
+        for request in advanced:
+            if request.request_id not in self.requests:
+                continue
+            outputs.append(self.output_processor.request_output(request))
+            if request.finished:
+                del self.requests[request.request_id]
+        return outputs
+
+    def _fail_request(self, request_id: str, error: Exception) -> RequestOutput:
+        """Abort a request that made the step fail; its final output carries the error."""
+        logger.error("request %s failed", request_id, exc_info=error)
+        request = self.requests[request_id]
+        self.abort_request(request_id)
+        return self.output_processor.request_output(request, error)
+
+    def get_stats(self) -> dict:
+        return self.scheduler.get_stats()

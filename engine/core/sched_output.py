@@ -1,0 +1,34 @@
+"""The hand-offs of one step: SchedulerOutput (scheduler -> model runner) and ModelRunnerOutput
+(model runner -> Scheduler.update_from_output). Plain data, no torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.core.sequence import Sequence
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int       # tokens computed this step: seq.token_ids[c : c + num_new_tokens]
+    sample: bool              # this chunk reaches the end of the known tokens: sample the next one
+    forks: list[Sequence] = field(default_factory=list)  # samples forked from seq this step
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]
+    block_copies: list[tuple[int, int]]  # (src, dst) KV blocks to copy before the forward pass
+
+    @property
+    def empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass
+class ModelRunnerOutput:
+    """What one step produced: the sequences that sampled, their samples in the same order, and
+    the requests that made the step fail (request id -> error; they get no samples)."""
+    seqs: list[Sequence]
+    sampled: "SampleResult"  # engine.worker.sampler.SampleResult: token_ids, logprobs, top_logprobs
+    failed: dict[str, Exception] = field(default_factory=dict)

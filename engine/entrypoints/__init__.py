@@ -1,0 +1,1 @@
+"""Entry points built on the engine core: LLM, AsyncLLM, the HTTP server and the CLI."""

@@ -1,0 +1,1 @@
+"""The `codeinfer` console script: main.py parses, one module per subcommand."""

@@ -1,0 +1,88 @@
+"""`codeinfer serve`: load the model once and answer OpenAI-style completions over HTTP.
+
+SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish for up to
+--shutdown-timeout seconds, abort the rest (a stream gets an error event and `data: [DONE]`),
+exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from engine.engine_args import EngineArgs
+
+logger = logging.getLogger("codeinfer.serve")
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Seconds uvicorn waits past --shutdown-timeout, so the requests aborted at the deadline can still
+# send their error (and [DONE]) before it cancels whatever is left.
+_ANSWER_GRACE_S = 3.0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="OpenAI-compatible completion server",
+        description="Serve POST /v1/completions, GET /v1/models, /health and /metrics.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for their first token before new ones get 503")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests may run after SIGTERM before being aborted")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    EngineArgs.add_cli_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Until uvicorn installs its own handlers, SIGTERM (e.g. during the model load) exits 0.
+    signal.signal(signal.SIGTERM, _exit_now)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.max_queue < 0:
+        print("error: --max-queue must be >= 0", file=sys.stderr)
+        return 2
+    if args.api_key is not None and not args.api_key.strip():
+        print("error: --api-key must not be empty: an empty key would let in any empty bearer "
+              "token (leave --api-key out to serve without one)", file=sys.stderr)
+        return 2
+    if args.host not in _LOOPBACK and args.api_key is None:
+        logger.warning("listening on %s without --api-key: anyone who can reach it can use it",
+                       args.host)
+
+    import uvicorn
+
+    from engine.core.llm_engine import LLMEngine
+    from engine.entrypoints.async_engine import AsyncLLM
+    from engine.entrypoints.server import build_app
+    from engine.entrypoints.server.drain import DrainingServer
+
+    try:
+        engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    except (ValueError, OSError) as exc:
+        print(f"error: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    async_llm = AsyncLLM(engine, max_waiting=args.max_queue)
+    app = build_app(async_llm, api_key=args.api_key, shutdown_timeout=args.shutdown_timeout)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout + _ANSWER_GRACE_S,
+                            access_log=False)
+    # uvicorn re-raises the signal it caught once it has shut down; make that a no-op so a
+    # graceful SIGTERM ends with exit status 0.
+    signal.signal(signal.SIGTERM, _ignore)
+    signal.signal(signal.SIGINT, _ignore)
+    server = DrainingServer(config, async_llm, drain_timeout=args.shutdown_timeout)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _exit_now(signum, frame):
+    raise SystemExit(0)
+
+
+def _ignore(signum, frame):
+    pass

@@ -1,0 +1,1 @@
+"""Layers the model files share: paged attention, packed linears, projections and the MLP."""

@@ -1,0 +1,63 @@
+"""bf16 linears on the CPU: weights packed once at load for kernels.cpu.bf16_linear (a pair of inputs
+per 32-bit word, 16 output columns per panel), so one call per layer runs the layer norm that feeds
+the linear, the vdpbf16ps GEMM and its epilogue (bias, tanh gelu, residual), and a decode step
+streams each weight once instead of going through oneDNN's small-batch bf16 path. The lm_head writes
+fp32 logits: exact fp32 sums of the bf16 operands, no bf16 rounding of the output. With
+attention_backend "torch" the same call runs kernels.reference.bf16_linear."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from engine.layers.quant import packed_operands, replace_linears
+from kernels import reference as reference_ops
+
+try:
+    from kernels import cpu as cpu_ops
+except ImportError:  # the C++ extension is not built: pack_linears leaves the model alone
+    cpu_ops = None
+
+
+class Bf16Linear(nn.Module):
+    """y = residual + act(linear(norm(x))) with a packed bf16 weight (same call as Int8Linear)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None,
+                 ops=None):
+        """out_dtype: the output dtype (None: the input's); fp32 for logits. ops: the module whose
+        bf16_linear runs it (kernels.reference for the "torch" backend; default: the C++ one)."""
+        super().__init__()
+        self.ops = ops or cpu_ops
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("packed_weight", reference_ops.pack_bf16_weight(weight.detach().to(torch.bfloat16)))
+        self.out_dtype = out_dtype
+        if bias is not None:
+            bias = nn.Parameter(bias.detach().to(out_dtype or torch.bfloat16).clone(), requires_grad=False)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
+        on output columns >= act_start (None: none); residual: [..., out] added last."""
+        shape = x.shape
+        x = x.reshape(-1, self.in_features)
+        if residual is not None:
+            residual = residual.reshape(-1, self.out_features)
+        out_dtype, bias, residual, gamma, beta, eps = packed_operands(self, x, norm, residual)
+        y = self.ops.bf16_linear(x, self._buffers["packed_weight"], self.out_features, bias, residual, act_start,
+                                gamma, beta, eps, out_dtype)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bf16 packed"
+
+
+def pack_linears(model: nn.Module, ops=None) -> nn.Module:
+    """Replace every bf16 nn.Linear of a CPU model by a Bf16Linear calling ops.bf16_linear (a block
+    with a `merge_projections` method merges its own first; a tied lm_head gets its own packed copy;
+    the lm_head writes fp32). Without ops, no-op when the C++ extension is not built."""
+    if (ops or cpu_ops) is None:
+        return model
+    return replace_linears(model, partial(Bf16Linear, ops=ops),
+                           accept=lambda linear: linear.weight.dtype == torch.bfloat16 and linear.weight.is_cpu)

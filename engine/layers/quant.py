@@ -1,0 +1,142 @@
+"""int8 weights and activations for dtype="int8": every nn.Linear of a loaded model is swapped for an
+Int8Linear holding per-output-channel symmetric int8 weights and fp32 scales (a tied lm_head gets
+its own int8 copy; the embedding stays bf16). Norms and attention stay bfloat16 (the KV cache
+follows kv_cache_dtype).
+
+On the CPU one call of kernels.cpu.int8_linear does it all, in one parallel region:
+    1. the bf16 activations (optionally through the layer norm that feeds the linear) -> per-row
+       symmetric int8, stored as uint8 with zero point 128, + row scales (kernels.cpu.quantize_rows'
+       arithmetic);
+    2. the VNNI u8 x s8 GEMM on weights packed once at load (kernels.reference.pack_int8_weight)
+       with the epilogue fused: x row scale x weight scale, + bias, gelu on the columns from
+       act_start, + residual, one bf16 (or fp32) write: faster than the bf16 GEMM, and at decode
+       sizes than oneDNN's int8 GEMM with a separate epilogue (README, Performance).
+Per-row (per-token) activation scales keep a token's result independent of the other tokens of
+the step, so batched greedy decoding gives the tokens of one-at-a-time decoding (the int32
+accumulation is exact whatever the batch). With attention_backend "torch" the same call runs
+kernels.reference.int8_linear. On other devices the int8 weight is dequantized to the activation
+dtype per call. Agreement with fp32: README, Performance."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import reference as reference_ops
+
+try:
+    from kernels import cpu as cpu_ops
+except ImportError:  # the C++ extension is not built: the reference ops (slow, same results)
+    cpu_ops = reference_ops
+
+
+def quantize_per_channel(weight: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (int8 [out, in], fp32 scales [out]) with weight ~= q * scale[:, None].
+    `rows` output channels at a time, so the fp32 temporaries of a large lm_head stay small."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], device=weight.device)
+    for r in range(0, weight.shape[0], rows):
+        w = weight[r:r + rows].detach().float()
+        s = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+        q[r:r + rows] = torch.round(w / s[:, None]).clamp_(-127, 127)
+        scale[r:r + rows] = s
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """y = residual + act(linear(norm(x))) with int8 weights; see the module docstring."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None,
+                 packed: bool | None = None, ops=None):
+        """out_dtype: the output dtype (None: the input's); fp32 for logits, which a bf16 output would
+        round and so flip near-tied argmaxes. packed: keep the weight in int8_linear's packed
+        layout (the CPU path; default: when the weight is on the CPU), else as [out, in] int8 that
+        is dequantized per call. ops: the module whose int8_linear runs the packed path
+        (kernels.reference for the "torch" backend; default: the C++ one)."""
+        super().__init__()
+        self.ops = ops or cpu_ops
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_per_channel(weight)
+        self.register_buffer("scale", scale)        # [out] fp32
+        self.out_dtype = out_dtype
+        if bias is not None:
+            bias = bias.detach().to(out_dtype or bias.dtype).clone()
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.packed = q.is_cpu if packed is None else packed
+        if self.packed:  # only the packed copy is kept: [out / 16, in / 4, 16, 4] + column sums
+            packed_weight, colsum = reference_ops.pack_int8_weight(q)
+            self.register_buffer("packed_weight", packed_weight)
+            self.register_buffer("colsum", colsum)
+        else:
+            self.register_buffer("qweight", q)      # [out, in] int8
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype | None = None,
+                    packed: bool | None = None, ops=None) -> Int8Linear:
+        return cls(linear.weight, linear.bias, out_dtype, packed, ops)
+
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
+        on output columns >= act_start (None: none); residual: [..., out] added last."""
+        shape = x.shape
+        x = x.reshape(-1, self.in_features)
+        res = None if residual is None else residual.reshape(-1, self.out_features)
+        if self.packed:
+            y = self._forward_packed(x, norm, act_start, res)
+        else:
+            y = self._forward_dequantized(x, norm, act_start, res)
+        return y.view(*shape[:-1], self.out_features)
+
+    def _forward_packed(self, x, norm, act_start, residual):
+        buffers = self._buffers  # direct reads: nn.Module.__getattr__ is slow, and runs per layer per step
+        out_dtype, bias, residual, gamma, beta, eps = packed_operands(self, x, norm, residual)
+        return self.ops.int8_linear(x, buffers["packed_weight"], buffers["colsum"], buffers["scale"], bias,
+                                   residual, act_start, gamma, beta, eps, out_dtype)
+
+    def _forward_dequantized(self, x, norm, act_start, residual):
+        h = x if norm is None else norm(x)
+        weight = self.qweight.to(h.dtype) * self.scale.to(h.dtype)[:, None]
+        y = F.linear(h, weight, None if self.bias is None else self.bias.to(h.dtype)).to(self.out_dtype or h.dtype)
+        if act_start is not None:
+            y[:, act_start:] = F.gelu(y[:, act_start:], approximate="tanh")
+        return y if residual is None else y.add_(residual)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def packed_operands(linear: nn.Module, x: torch.Tensor, norm: nn.LayerNorm | None,
+                    residual: torch.Tensor | None):
+    """(out_dtype, bias, residual, gamma, beta, eps) of a packed CPU linear's call (Int8Linear,
+    Bf16Linear): bias and residual in the output dtype, the norm's parameters or None."""
+    out_dtype = linear.out_dtype or x.dtype
+    bias = linear._parameters.get("bias")  # direct read: nn.Module.__getattr__ is slow
+    if bias is not None and bias.dtype != out_dtype:
+        bias = bias.to(out_dtype)
+    if residual is not None and residual.dtype != out_dtype:
+        residual = residual.to(out_dtype)
+    gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
+    return out_dtype, bias, residual, gamma, beta, eps
+
+
+def replace_linears(model: nn.Module, linear_cls, accept=lambda linear: True) -> nn.Module:
+    """Replace every nn.Linear that `accept` takes by linear_cls(weight, bias, out_dtype) (a class
+    or a partial of one); a block with a `merge_projections` method merges its own first. A linear
+    tied to an embedding gets its own copy; the lm_head writes fp32 logits."""
+    for module in list(model.modules()):
+        if hasattr(module, "merge_projections"):
+            module.merge_projections(linear_cls)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and accept(child):
+                out_dtype = torch.float32 if name == "lm_head" else None
+                setattr(parent, name, linear_cls(child.weight, child.bias, out_dtype))
+    return model
+
+
+def quantize_linears(model: nn.Module, ops=None) -> nn.Module:
+    """Replace every nn.Linear by an Int8Linear calling ops.int8_linear (see replace_linears)."""
+    return replace_linears(model, partial(Int8Linear, ops=ops))

@@ -1,5 +1,0 @@
-"""OpenAI-compatible HTTP server (FastAPI + uvicorn) over AsyncLLM. The engine core never imports it."""
-
-from engine.server.app import build_app
-
-__all__ = ["build_app"]

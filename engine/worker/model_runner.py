@@ -1,0 +1,200 @@
+"""ModelRunner: owns the model, the KV cache and the attention backend; turns a SchedulerOutput
+into one flat batch, runs the forward pass, and samples the rows that need a token."""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from engine.config import CacheConfig, ModelConfig
+from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
+from engine.layers.attention import AttentionMetadata
+from engine.layers.bf16 import pack_linears
+from engine.layers.quant import quantize_linears
+from engine.worker.kv_cache import KVCache
+from engine.worker.sampler import SampleResult, sample
+from engine.worker.weights import load_model, release_freed_memory
+
+logger = logging.getLogger(__name__)
+
+
+# "int8": int8 linear weights and per-token int8 GEMM inputs, bfloat16 elsewhere (engine/layers/quant.py).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "int8": torch.int8}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16  # AMX / tensor cores; CPUs without bf16 still run it correctly
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype == "float16" and device.type == "cpu":
+        raise ValueError("dtype 'float16' is for CUDA; on the CPU use 'bfloat16' or 'float32'")
+    return DTYPES[dtype]
+
+
+def select_ops(name: str, device: torch.device):
+    """The kernels module of an attention backend: "torch", "cpu", "triton" or "auto"."""
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "cpu"
+    if name == "torch":
+        from kernels import reference
+        return reference
+    if name == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"attention_backend 'cpu' runs the C++ CPU kernels; device is {device}")
+        from kernels import cpu
+        return cpu
+    if name == "triton":
+        try:
+            from kernels import triton as triton_ops
+        except ImportError as e:
+            raise ValueError(f"attention_backend 'triton' needs the triton package: {e}") from None
+        # Triton fixes interpreter-or-compiler mode when kernels.triton is first imported.
+        if device.type != "cuda" and not triton_ops.INTERPRETED:
+            raise ValueError("attention_backend 'triton' needs a CUDA device; on the CPU it runs "
+                             "only under the Triton interpreter (TRITON_INTERPRET=1 set before "
+                             "triton is imported)")
+        return triton_ops
+    raise ValueError(f"attention_backend must be 'auto', 'torch', 'cpu' or 'triton', got {name!r}")
+
+
+class ModelRunner:
+    def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
+                 device: torch.device, attention_backend: str, cache: CacheConfig,
+                 max_num_seqs: int, vocab, sample_vocab_size: int):
+        """vocab: the engine's Vocabulary (engine/vocab.py): the embedding row of each id in code
+        modality and the ids never sampled."""
+        # dtype int8: int8 linear weights and GEMM inputs (engine/layers/quant.py), the rest bfloat16.
+        self.quant = "int8" if dtype == torch.int8 else None
+        dtype = torch.bfloat16 if self.quant else dtype
+        self.config, self.device, self.dtype, self.block_size = config, device, dtype, cache.block_size
+        self.ops = select_ops(attention_backend, device)
+        # int8: quantized block by block while loading; bf16 on the CPU: packed for the C++ GEMM
+        # (engine/layers/bf16.py). Then once more over the model for what is outside the blocks.
+        # The packed linears run the backend's own int8_linear / bf16_linear (the reference ones
+        # for "torch"); Triton has none (on the GPU the GEMMs stay on torch), so the C++ ones.
+        linear_ops = self.ops if hasattr(self.ops, "int8_linear") else None
+        prepare = partial(quantize_linears, ops=linear_ops) if self.quant else None
+        if not self.quant and dtype == torch.bfloat16 and device.type == "cpu":
+            prepare = partial(pack_linears, ops=linear_ops)
+        self.model = load_model(config, model_dir, self.ops, dtype, device, prepare_block=prepare)
+        if prepare is not None:
+            prepare(self.model)
+            release_freed_memory()
+        # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
+        self.sample_vocab_size = sample_vocab_size
+        self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)
+        self.logits_mask[sample_vocab_size:] = True
+        self.logits_mask |= vocab.sampling_mask  # CodeCLM: its twins are emitted, not text ids
+        self.remap = vocab.remap.to(device)  # [vocab_size]: identity but for CodeCLM's twins
+        # kv_cache_dtype "int8": symmetric int8 rows, one fp32 scale per (slot, head) (C++ kernels).
+        self.cache = KVCache(config, cache, dtype, device, self.ops, max_num_seqs)
+        self.cache.bind(self.model.layers)
+        self.kv_dtype, self.num_kv_blocks = self.cache.dtype, self.cache.num_blocks
+        self.kv_cache, self.kv_scale = self.cache.kv, self.cache.scale
+        self.block_bytes = self.cache.block_bytes
+
+    def _prepare(self, items: list[ScheduledSeq]):
+        bs = self.block_size
+        input_ids, modality, positions, slots = [], [], [], []
+        cu_seqlens_q, seq_lens, tables = [0], [], []
+        sample_rows, sample_seqs = [], []
+        for item in items:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            input_ids += seq.token_ids[start:end]
+            modality += seq.modality[start:end]
+            positions += range(start, end)
+            table = seq.block_table
+            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            cu_seqlens_q.append(cu_seqlens_q[-1] + item.num_new_tokens)
+            seq_lens.append(end)
+            tables.append(table)
+            if item.sample:
+                for s in [seq, *item.forks]:
+                    sample_rows.append(cu_seqlens_q[-1] - 1)
+                    sample_seqs.append(s)
+        width = max(len(t) for t in tables)
+        block_tables = torch.zeros(len(tables), width, dtype=torch.int32)
+        for i, t in enumerate(tables):
+            block_tables[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        dev = self.device
+        meta = AttentionMetadata(
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_tables=block_tables.to(dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            cu_seqlens_q=torch.tensor(cu_seqlens_q, dtype=torch.int32, device=dev),
+        )
+        kept = {r: i for i, r in enumerate(sorted(set(sample_rows)))}  # forks share their parent's row
+        if len(kept) < len(input_ids):
+            # The last layer needs only these rows, each its sequence's last (kept_cu: 1 per sampler).
+            kept_cu = [0]
+            for b in range(len(seq_lens)):
+                kept_cu.append(kept_cu[-1] + (cu_seqlens_q[b + 1] - 1 in kept))
+            meta.last_rows = torch.tensor(list(kept), dtype=torch.int64, device=dev)
+            meta.last_cu_seqlens_q = torch.tensor(kept_cu, dtype=torch.int32, device=dev)
+            sample_rows = [kept[r] for r in sample_rows]
+        ids = torch.tensor(input_ids, dtype=torch.int64, device=dev)
+        mods = torch.tensor(modality, dtype=torch.int64, device=dev)
+        return ids, mods, meta, sample_rows, sample_seqs
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Run one step: the sequences that sampled, their samples in row order, and failures.
+
+        A request whose rows make the step raise is left out of the samples and reported in
+        failures (request id -> error); the other requests get what a batch without it gives."""
+        # Once, before any attempt: a re-run must not copy over a block that the failed one wrote.
+        self.cache.copy_blocks(sched.block_copies)
+        return ModelRunnerOutput(*self._execute_isolating(sched.scheduled))
+
+    def _execute_isolating(self, items: list[ScheduledSeq]):
+        """Run items as one batch; if that raises, bisect by request until the requests that
+        raise on their own are found. Re-running is safe: a failed attempt changed nothing but
+        the KV slots of these tokens, which the next attempt writes again (the sampler draws only
+        once nothing can fail)."""
+        try:
+            return *self._execute_batch(items), {}
+        except Exception as exc:
+            error = exc  # bisect outside the handler: each failure keeps its own traceback
+        request_ids = list(dict.fromkeys(item.seq.request.request_id for item in items))
+        if len(request_ids) == 1:
+            return [], SampleResult([], [], []), {request_ids[0]: error}
+        logger.warning("a step of %d requests failed (%s: %s); re-running them in halves",
+                       len(request_ids), type(error).__name__, error)
+        first = set(request_ids[:len(request_ids) // 2])
+        seqs_a, result_a, failed_a = self._execute_isolating(
+            [item for item in items if item.seq.request.request_id in first])
+        seqs_b, result_b, failed_b = self._execute_isolating(
+            [item for item in items if item.seq.request.request_id not in first])
+        return seqs_a + seqs_b, result_a + result_b, {**failed_a, **failed_b}
+
+    def _execute_batch(self, items: list[ScheduledSeq]) -> tuple[list, SampleResult]:
+        ids, mods, meta, rows, seqs = self._prepare(items)
+        hidden = self.model(ids, mods, self.remap, meta)
+        if not rows:
+            return [], SampleResult([], [], [])
+        return seqs, sample(self.logits(hidden[rows]).cpu(), seqs)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[rows, hidden] final hidden states -> [rows, sample_vocab_size] fp32 logits, ids that are
+        never sampled (CodeCLM's text twins) at -inf; the padding rows beyond the tokenizer are cut."""
+        logits = self.model.compute_logits(hidden)[:, :self.sample_vocab_size].float()
+        mask = self.logits_mask[:self.sample_vocab_size]
+        if mask.any():
+            logits.masked_fill_(mask.to(logits.device), float("-inf"))
+        return logits

@@ -1,0 +1,100 @@
+"""Batched sampler: logits in fp32, per-row parameters, per-sequence seeded generators.
+
+Rows are processed together (penalties, temperature, top-k, top-p, min-p); only the final draw is
+per row, from the sequence's own generator, so a seeded sequence gets the same tokens whatever
+else is in the batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.core.sequence import Sequence
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float]                          # logprob of each sampled token
+    top_logprobs: list[dict[int, float] | None]    # per row, when the request asked for logprobs
+
+    def __add__(self, other: "SampleResult") -> "SampleResult":
+        """The rows of self, then those of other."""
+        return SampleResult(self.token_ids + other.token_ids, self.logprobs + other.logprobs,
+                            self.top_logprobs + other.top_logprobs)
+
+
+def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    for row, seq in enumerate(seqs):
+        p = seq.request.params
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long)
+            vals = logits[row, seen]
+            logits[row, seen] = torch.where(vals > 0, vals / p.repetition_penalty,
+                                            vals * p.repetition_penalty)
+        if p.presence_penalty or p.frequency_penalty:
+            out = seq.output_token_ids
+            if out:
+                ids, counts = torch.tensor(out, dtype=torch.long).unique(return_counts=True)
+                logits[row, ids] -= p.frequency_penalty * counts.float() + p.presence_penalty
+
+
+def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+            min_p: torch.Tensor) -> torch.Tensor:
+    """Mask logits outside top-k / top-p / min-p per row. logits: [rows, vocab] (already / temp)."""
+    vocab = logits.shape[1]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    ranks = torch.arange(vocab).expand_as(probs)
+    k = torch.where(top_k > 0, top_k, vocab)[:, None]
+    cum = probs.cumsum(dim=-1)
+    drop = (ranks >= k) | ((cum - probs) >= top_p[:, None]) | (probs < min_p[:, None] * probs[:, :1])
+    drop[:, 0] = False  # the most likely token always survives
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def _check_finite(probs: torch.Tensor, seqs: list[Sequence]) -> None:
+    """probs: [rows, vocab]. Raise, naming the requests, before a NaN row reaches the draws."""
+    bad = (~torch.isfinite(probs).all(dim=-1)).nonzero()[:, 0].tolist()
+    if bad:
+        ids = sorted({seqs[row].request.request_id for row in bad})
+        raise FloatingPointError(f"non-finite sampling probabilities for request(s) {ids}")
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+    """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf)."""
+    params = [s.request.params for s in seqs]
+    raw_logits = logits
+    if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in params):
+        logits = logits.clone()
+        _apply_penalties(logits, seqs)
+    vocab = logits.shape[1]
+    token_ids = logits.argmax(dim=-1).tolist()
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if rows:
+        sub = logits[rows] / torch.tensor([params[i].temperature for i in rows])[:, None]
+        # top_k beyond the vocabulary keeps every token (clamped in Python: 10**20 fits no tensor)
+        sub = _filter(sub, torch.tensor([min(params[i].top_k, vocab) for i in rows]),
+                      torch.tensor([params[i].top_p for i in rows], dtype=torch.float32),
+                      torch.tensor([params[i].min_p for i in rows], dtype=torch.float32))
+        probs = sub.softmax(dim=-1)
+        _check_finite(probs, [seqs[i] for i in rows])
+        # The draws come after every check, so a step that fails on some request's values has
+        # consumed no random numbers: the others, re-run without it, draw what they would have.
+        for j, i in enumerate(rows):
+            token_ids[i] = int(torch.multinomial(probs[j], 1, generator=seqs[i].generator))
+    # log_softmax of the raw logits; materialised only for rows that ask for top logprobs.
+    log_norm = raw_logits.logsumexp(dim=-1)  # [rows]
+    chosen = (raw_logits.gather(1, torch.tensor(token_ids)[:, None])[:, 0] - log_norm).tolist()
+    top: list[dict[int, float] | None] = []
+    for i, p in enumerate(params):
+        if p.logprobs is None:
+            top.append(None)
+            continue
+        entry = {token_ids[i]: chosen[i]}
+        if p.logprobs > 0:
+            vals, ids = raw_logits[i].topk(min(p.logprobs, vocab))
+            entry.update(zip(ids.tolist(), (vals - log_norm[i]).tolist()))
+        top.append(entry)
+    return SampleResult(token_ids, chosen, top)

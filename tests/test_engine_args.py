@@ -1,0 +1,65 @@
+"""EngineArgs: one set of engine options behind LLM, LLMEngine, the CLI and the README's table."""
+import argparse
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.engine_args import EngineArgs, options_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_option_table_matches_the_fields():
+    assert options_table() in README.read_text(), (
+        "README.md's engine option table is stale: paste `python -m engine.engine_args`")
+
+
+def test_cli_defaults_are_the_field_defaults():
+    parser = argparse.ArgumentParser()
+    EngineArgs.add_cli_args(parser)
+    assert EngineArgs.from_cli_args(parser.parse_args([])) == EngineArgs()
+
+
+def test_cli_flags_set_every_field():
+    parser = argparse.ArgumentParser()
+    EngineArgs.add_cli_args(parser)
+    args = parser.parse_args(["--model", "m", "--dtype", "int8", "--device", "cpu",
+                              "--attention-backend", "torch", "--block-size", "8",
+                              "--num-kv-blocks", "64", "--max-num-seqs", "4",
+                              "--max-num-batched-tokens", "512", "--no-prefix-caching", "--seed", "3",
+                              "--kv-cache-dtype", "int8", "--kv-cache-memory", "1MiB", "--threads", "2"])
+    assert EngineArgs.from_cli_args(args) == EngineArgs(
+        model="m", dtype="int8", device="cpu", attention_backend="torch", block_size=8,
+        num_kv_blocks=64, max_num_seqs=4, max_num_batched_tokens=512, enable_prefix_caching=False,
+        seed=3, kv_cache_dtype="int8", kv_cache_memory_bytes=1 << 20, num_threads=2)
+
+
+def test_every_field_has_help():
+    assert all(f.metadata["help"] for f in dataclasses.fields(EngineArgs))
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("block_size", 0, "block_size must be an integer >= 1, got 0"),
+    ("max_num_seqs", 1.5, "max_num_seqs must be an integer >= 1, got 1.5"),
+    ("max_num_batched_tokens", None, "max_num_batched_tokens must be an integer >= 1, got None"),
+    ("num_kv_blocks", 0, "num_kv_blocks must be a positive integer or None, got 0"),
+    ("kv_cache_memory_bytes", -5, "kv_cache_memory_bytes must be a positive integer or None, got -5"),
+    ("num_threads", "2", "num_threads must be a positive integer or None, got '2'"),
+])
+def test_invalid_values_name_the_argument(name, value, message):
+    with pytest.raises(ValueError) as info:
+        EngineArgs(**{name: value})
+    assert str(info.value) == message
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError):
+        EngineArgs(max_batch=3)
+
+
+def test_engine_args_load_no_torch():
+    code = "import sys, engine.engine_args; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
