@@ -65,10 +65,15 @@ void decode_keys(const AttentionArgs& a, const WorkItem& w, const WorkItem* next
       const TC* k = k_cache + base + kv_off;
       const TC* v = v_cache + base + kv_off;
       const float* q = s.q.data() + g * dim;
-      score_keys<TC, kDim>(q, k, slot_stride, n, dim, cs, sc);
+      score_keys<TC, kDim>(q, k, slot_stride, n, dim, sc);
+      // int8 cache: row (slot, kv head)'s scale at [slot * num_kv_heads + kv head], so the block's
+      // keys' scales are num_kv_heads apart from the first one's.
+      const int64_t scale0 = (base + kv_off) / dim, nkv = a.num_kv_heads;
+      if constexpr (std::is_same_v<TC, int8_t>)
+        for (int64_t j = 0; j < n; ++j) sc[j] *= cs.k_scale[scale0 + j * nkv];
       const float alpha = softmax_block(sc, n, s.m[g], s.l[g]);
       if constexpr (std::is_same_v<TC, int8_t>)  // fold each value row's scale into its weight
-        for (int64_t j = 0; j < n; ++j) sc[j] *= cs.template v<kDim>(v + j * slot_stride);
+        for (int64_t j = 0; j < n; ++j) sc[j] *= cs.v_scale[scale0 + j * nkv];
       accumulate_pv<TC, kDim>(sc, 1, v, slot_stride, n, dim, alpha, s.acc.data() + g * dim);
     }
     if constexpr (std::is_same_v<TC, int8_t>)

@@ -106,10 +106,10 @@ inline simd::F dot_lanes(const float* q, const TC* k) {
 }
 #endif
 
-// scores[j] = (q . k_j) * key_scale_j for n keys k_j spaced `stride` elements apart (q fp32, scaled).
+// scores[j] = q . k_j for n keys k_j spaced `stride` elements apart (q fp32, scaled; an int8 cache's
+// row scales are the caller's).
 template <typename TC, int64_t kDim>
-inline void score_keys(const float* q, const TC* k, int64_t stride, int64_t n, int64_t head_dim,
-                       const CacheScales& cs, float* scores) {
+inline void score_keys(const float* q, const TC* k, int64_t stride, int64_t n, int64_t head_dim, float* scores) {
 #if CODEINFER_SIMD
   if constexpr (kVectorDim<kDim>) {
     constexpr int64_t W = simd::kWidth;
@@ -119,12 +119,10 @@ inline void score_keys(const float* q, const TC* k, int64_t stride, int64_t n, i
       for (int64_t j = 0; j < m; ++j) d[j] = dot_lanes<TC, kDim>(q, k + (j0 + j) * stride);
       simd::store_first(scores + j0, simd::sum_each(d, m), m);
     }
-    if constexpr (std::is_same_v<TC, int8_t>)
-      for (int64_t j = 0; j < n; ++j) scores[j] *= cs.template k<kDim>(k + j * stride);
     return;
   }
 #endif
-  for (int64_t j = 0; j < n; ++j) scores[j] = dot_row(q, k + j * stride, head_dim) * cs.template k<kDim>(k + j * stride);
+  for (int64_t j = 0; j < n; ++j) scores[j] = dot_row(q, k + j * stride, head_dim);
 }
 
 // acc = acc * alpha + sum_j p[j * p_stride] v_j over n value rows spaced `stride` elements apart,

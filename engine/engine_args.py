@@ -46,8 +46,9 @@ class EngineArgs:
         None, "checkpoint folder (config.json + safetensors + tokenizer); default: the bundled "
               "codegen-tiny-py model")
     dtype: str = _option(
-        "auto", "weight/activation dtype (auto = bfloat16; int8 = int8 linear weights and per-token "
-                "int8 GEMM inputs, bfloat16 elsewhere: the fastest CPU mode)", choices=DTYPES)
+        "auto", "weight/activation dtype (auto = int8 on the CPU for models with 50M+ linear weights, "
+                "else bfloat16; int8 = int8 linear weights and per-token int8 GEMM inputs, bfloat16 "
+                "elsewhere: the fastest CPU mode)", choices=DTYPES)
     device: str = _option("auto", "where the model runs (auto: cuda when there is one, else cpu)",
                           choices=DEVICES)
     attention_backend: str = _option(

@@ -51,7 +51,7 @@ class LLMEngine:
             tokenizer = tokenizer.with_eos(self.vocab.eos_token_id)
         self.tokenizer = tokenizer
         self.device = resolve_device(args.device)
-        self.dtype = resolve_dtype(args.dtype, self.device)
+        self.dtype = resolve_dtype(args.dtype, self.device, self.config)
         cache = CacheConfig(args.block_size, args.num_kv_blocks, args.kv_cache_dtype,
                             args.kv_cache_memory_bytes)
         self.runner = ModelRunner(self.config, model_dir, self.dtype, self.device, args.attention_backend,
@@ -64,6 +64,10 @@ class LLMEngine:
         self.input_processor = InputProcessor(self.config, tokenizer, self.vocab, args.seed)
         self.output_processor = OutputProcessor(tokenizer.eos_token_id)
         self.requests: dict[str, Request] = {}
+        logger.info("%s on %s: dtype %s%s, KV cache %s in %d blocks of %d tokens, attention backend %s",
+                    self.model_name, self.device, str(self.dtype).removeprefix("torch."),
+                    " (auto)" if args.dtype == "auto" else "", args.kv_cache_dtype, self.runner.num_kv_blocks,
+                    args.block_size, args.attention_backend)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, vocab: Vocabulary | None = None) -> LLMEngine:

@@ -75,3 +75,20 @@ def test_a_failing_request_is_reported_not_raised(runner, monkeypatch):
     output = runner.execute(SchedulerOutput([ScheduledSeq(good, 3, True), ScheduledSeq(bad, 3, True)], []))
     assert output.seqs == [good] and len(output.sampled.token_ids) == 1
     assert list(output.failed) == ["r1"] and isinstance(output.failed["r1"], RuntimeError)
+
+
+def test_auto_dtype_is_int8_for_large_cpu_models(tiny_codegen_dir):
+    """dtype "auto": int8 on the CPU from AUTO_INT8_MIN_WEIGHTS linear weights up (decode reads every
+    weight per step), bf16 below and on GPUs; explicit dtypes are kept."""
+    import dataclasses
+
+    from engine.worker.model_runner import AUTO_INT8_MIN_WEIGHTS, linear_weights, resolve_dtype
+    small = load_config(tiny_codegen_dir)
+    # CodeGen-350M's shape: 20 layers of hidden 1024, MLP 4096 (252M linear weights)
+    large = dataclasses.replace(small, num_layers=20, hidden_size=1024, intermediate_size=4096)
+    assert linear_weights(small) < AUTO_INT8_MIN_WEIGHTS <= linear_weights(large) == 20 * 12 * 1024 ** 2
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype("auto", cpu, large) == torch.int8
+    assert resolve_dtype("auto", cpu, small) == torch.bfloat16
+    assert resolve_dtype("auto", cuda, large) == torch.bfloat16
+    assert resolve_dtype("bfloat16", cpu, large) == torch.bfloat16
