@@ -58,10 +58,20 @@ void decode_keys(const AttentionArgs& a, const WorkItem& w, const WorkItem* next
     } else if (next) {
       next_base = static_cast<int64_t>(tables[next->seq * a.max_blocks_per_seq + next->key0 / bs]) * bs * slot_stride;
     }
+    // An item of every head reads whole blocks: head g prefetches the g-th slice of the next block,
+    // in address order; an item of some heads prefetches just its heads' rows, head by head.
+    const bool whole = num_group == a.num_heads;
+    const int64_t slice = (bs * slot_stride + num_group - 1) / num_group;  // elements
     for (int64_t g = 0; g < num_group; ++g) {
       const int64_t kv_off = (w.h0 + g) / heads_per_kv * dim;
-      if (next_base >= 0 && (g == 0 || (w.h0 + g) % heads_per_kv == 0))
+      if (next_base >= 0 && whole) {
+        for (int64_t e = g * slice; e < std::min((g + 1) * slice, bs * slot_stride); e += 64 / int64_t{sizeof(TC)}) {
+          __builtin_prefetch(k_cache + next_base + e, 0, 2);
+          __builtin_prefetch(v_cache + next_base + e, 0, 2);
+        }
+      } else if (next_base >= 0 && (g == 0 || (w.h0 + g) % heads_per_kv == 0)) {
         prefetch_block(k_cache, v_cache, next_base, bs, slot_stride, kv_off, kv_off + dim);
+      }
       const TC* k = k_cache + base + kv_off;
       const TC* v = v_cache + base + kv_off;
       const float* q = s.q.data() + g * dim;
