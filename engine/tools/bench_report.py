@@ -126,6 +126,9 @@ def _notes(result: dict) -> list[str]:
     one_token = sorted({r["system"] for r in rows if r.get("ttft_method") == "1-token run"})
     lines = [f"TTFT = until every request of the batch has its first token; ITL = (total - TTFT) / "
              f"{result['max_tokens'] - 1}. codeinfer streams (TTFT read in the timed run)."]
+    own = sorted({r["system"] for r in rows if r.get("ttft_method") == "perf metrics"})
+    if own:
+        lines.append(f"{', '.join(own)}: TTFT from its own perf metrics of the timed run.")
     if one_token:
         lines.append(f"{', '.join(one_token)}: no token streaming here, so TTFT = the time of a generate with "
                      "max_new_tokens=1 on prompts of the same shape.")

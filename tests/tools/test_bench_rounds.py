@@ -89,3 +89,12 @@ def test_openvino_export_cache_key_and_precision(tmp_path, monkeypatch):
     assert bench_openvino.resolve_precision("auto", ["FP32", "BF16"]) == "bf16"
     with pytest.raises(ValueError, match="no BF16"):
         bench_openvino.resolve_precision("bf16", ["FP32"])
+
+
+def test_openvino_ttft_is_the_slowest_first_token_of_its_perf_metrics():
+    """OpenVINO's TTFT comes from the timed generate's own perf metrics (ms), the latest request's."""
+    from types import SimpleNamespace
+
+    def result(ttft_ms):
+        return SimpleNamespace(perf_metrics=SimpleNamespace(get_ttft=lambda: SimpleNamespace(mean=ttft_ms)))
+    assert bench_openvino._ttft_s([result(120.0), result(450.0), result(300.0)]) == pytest.approx(0.45)
