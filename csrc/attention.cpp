@@ -63,11 +63,12 @@ template <typename TQ>
 void load_q(const AttentionArgs& a, const WorkItem& w, int64_t dim, Scratch& s) {
   const TQ* q = reinterpret_cast<const TQ*>(a.q);
   const int64_t num_group = w.h1 - w.h0;
+  const float scale = a.scale;  // a local: the stores below could alias a.scale
   for (int64_t r = 0; r < w.row1 - w.row0; ++r)
     for (int64_t g = 0; g < num_group; ++g) {
       float* qs = s.q.data() + (r * num_group + g) * dim;
       load_row(q + (w.row0 + r) * a.q_stride_t + (w.h0 + g) * a.q_stride_h, qs, dim);
-      for (int64_t d = 0; d < dim; ++d) qs[d] *= a.scale;
+      for (int64_t d = 0; d < dim; ++d) qs[d] *= scale;
     }
 }
 
@@ -159,25 +160,31 @@ void prefill_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
   store_rows<TQ>(a, w, dim, s);
 }
 
-// Row `split.row`, head h: the chunks' states combined (each rescaled to the common max) and written.
+// Row `split.row`, head h: the chunks' states combined (each rescaled to the common max) into the
+// first chunk's slot, then written.
 template <typename TQ>
-void merge_split(const AttentionArgs& a, const Split& split, int64_t h, const float* partial) {
+void merge_split(const AttentionArgs& a, const Split& split, int64_t h, float* partial) {
   const int64_t dim = a.head_dim;
   auto slot = [&](int64_t c) { return partial + ((split.part0 + c) * a.num_heads + h) * (dim + 2); };
   float m = -INFINITY;
   for (int64_t c = 0; c < split.num_parts; ++c) m = std::max(m, slot(c)[0]);
-  std::vector<float> acc(dim, 0.0f);
+  float* acc = slot(0) + 2;
   float l = 0.0f;
   for (int64_t c = 0; c < split.num_parts; ++c) {
     const float* st = slot(c);
     const float f = exp_neg(st[0] - m);  // every chunk saw keys: its max is finite
     l += f * st[1];
+    if (c == 0) {
 #pragma omp simd
-    for (int64_t d = 0; d < dim; ++d) acc[d] += f * st[2 + d];
+      for (int64_t d = 0; d < dim; ++d) acc[d] *= f;
+    } else {
+#pragma omp simd
+      for (int64_t d = 0; d < dim; ++d) acc[d] += f * st[2 + d];
+    }
   }
   const float inv = 1.0f / l;
   for (int64_t d = 0; d < dim; ++d) acc[d] *= inv;
-  store_row(acc.data(), reinterpret_cast<TQ*>(a.out) + (split.row * a.num_heads + h) * dim, dim);
+  store_row(acc, reinterpret_cast<TQ*>(a.out) + (split.row * a.num_heads + h) * dim, dim);
 }
 
 // Chunk boundaries of keys [key0, key1) in `num_chunks` pieces of nearly equal size, on block

@@ -48,6 +48,10 @@ void decode_keys(const AttentionArgs& a, const WorkItem& w, const WorkItem* next
   cs.k_scale = reinterpret_cast<const float*>(a.k_scale), cs.v_scale = reinterpret_cast<const float*>(a.v_scale);
   s.scores.resize(bs);
   float* sc = s.scores.data();
+  // An item of every head reads whole blocks: head g prefetches the g-th slice of the next block,
+  // in address order; an item of some heads prefetches just its heads' rows, head by head.
+  const bool whole = num_group == a.num_heads;
+  const int64_t block_elems = bs * slot_stride, slice = (block_elems + num_group - 1) / num_group;
   for (int64_t blk = w.key0 / bs; blk * bs < w.key1; ++blk) {
     const int64_t j0 = std::max(blk * bs, w.key0), j1 = std::min(blk * bs + bs, w.key1), n = j1 - j0;
     const int64_t base = slot_offset(table, j0, bs, slot_stride);
@@ -58,17 +62,10 @@ void decode_keys(const AttentionArgs& a, const WorkItem& w, const WorkItem* next
     } else if (next) {
       next_base = static_cast<int64_t>(tables[next->seq * a.max_blocks_per_seq + next->key0 / bs]) * bs * slot_stride;
     }
-    // An item of every head reads whole blocks: head g prefetches the g-th slice of the next block,
-    // in address order; an item of some heads prefetches just its heads' rows, head by head.
-    const bool whole = num_group == a.num_heads;
-    const int64_t slice = (bs * slot_stride + num_group - 1) / num_group;  // elements
     for (int64_t g = 0; g < num_group; ++g) {
       const int64_t kv_off = (w.h0 + g) / heads_per_kv * dim;
       if (next_base >= 0 && whole) {
-        for (int64_t e = g * slice; e < std::min((g + 1) * slice, bs * slot_stride); e += 64 / int64_t{sizeof(TC)}) {
-          __builtin_prefetch(k_cache + next_base + e, 0, 2);
-          __builtin_prefetch(v_cache + next_base + e, 0, 2);
-        }
+        prefetch_range(k_cache, v_cache, next_base + g * slice, next_base + std::min((g + 1) * slice, block_elems));
       } else if (next_base >= 0 && (g == 0 || (w.h0 + g) % heads_per_kv == 0)) {
         prefetch_block(k_cache, v_cache, next_base, bs, slot_stride, kv_off, kv_off + dim);
       }
@@ -76,22 +73,21 @@ void decode_keys(const AttentionArgs& a, const WorkItem& w, const WorkItem* next
       const TC* v = v_cache + base + kv_off;
       const float* q = s.q.data() + g * dim;
       score_keys<TC, kDim>(q, k, slot_stride, n, dim, sc);
-      // int8 cache: row (slot, kv head)'s scale at [slot * num_kv_heads + kv head], so the block's
-      // keys' scales are num_kv_heads apart from the first one's.
-      const int64_t scale0 = (base + kv_off) / dim, nkv = a.num_kv_heads;
+      // int8 cache: the block's rows of this kv head have their scales num_kv_heads apart.
+      const int64_t first = cs.template index<kDim>(k, k_cache), nkv = a.num_kv_heads;
       if constexpr (std::is_same_v<TC, int8_t>)
-        for (int64_t j = 0; j < n; ++j) sc[j] *= cs.k_scale[scale0 + j * nkv];
+        for (int64_t j = 0; j < n; ++j) sc[j] *= cs.k_scale[first + j * nkv];
       const float alpha = softmax_block(sc, n, s.m[g], s.l[g]);
       if constexpr (std::is_same_v<TC, int8_t>)  // fold each value row's scale into its weight
-        for (int64_t j = 0; j < n; ++j) sc[j] *= cs.v_scale[scale0 + j * nkv];
+        for (int64_t j = 0; j < n; ++j) sc[j] *= cs.v_scale[first + j * nkv];
       accumulate_pv<TC, kDim>(sc, 1, v, slot_stride, n, dim, alpha, s.acc.data() + g * dim);
     }
     if constexpr (std::is_same_v<TC, int8_t>)
       if (next_base >= 0) {  // the next block's row scales: [block_size, num_kv_heads] floats
-        const int64_t first = next_base / dim;
+        const int64_t next_scales = next_base / dim;
         for (int64_t e = 0; e < bs * a.num_kv_heads; e += 16) {
-          __builtin_prefetch(cs.k_scale + first + e, 0, 2);
-          __builtin_prefetch(cs.v_scale + first + e, 0, 2);
+          __builtin_prefetch(cs.k_scale + next_scales + e, 0, 2);
+          __builtin_prefetch(cs.v_scale + next_scales + e, 0, 2);
         }
       }
   }

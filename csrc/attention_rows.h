@@ -30,17 +30,21 @@ struct CacheScales {
   const void *k_cache = nullptr, *v_cache = nullptr;
   const float *k_scale = nullptr, *v_scale = nullptr;
   int64_t head_dim = 1;
-  // kDim > 0: the head dim as a compile-time constant, so the division is a multiply and shift.
+  // The scale index of a row of `cache` (a K row and the V row at the same offset share it); the
+  // next slot's row of the same kv head is num_kv_heads further on. kDim > 0: the head dim as a
+  // compile-time constant, so the division is a multiply and shift.
+  template <int64_t kDim, typename TC>
+  int64_t index(const TC* row, const void* cache) const {
+    return (row - static_cast<const TC*>(cache)) / (kDim > 0 ? kDim : head_dim);
+  }
   template <int64_t kDim, typename TC>
   float k(const TC* row) const {
-    if constexpr (std::is_same_v<TC, int8_t>)
-      return k_scale[(row - static_cast<const TC*>(k_cache)) / (kDim > 0 ? kDim : head_dim)];
+    if constexpr (std::is_same_v<TC, int8_t>) return k_scale[index<kDim>(row, k_cache)];
     return 1.0f;
   }
   template <int64_t kDim, typename TC>
   float v(const TC* row) const {
-    if constexpr (std::is_same_v<TC, int8_t>)
-      return v_scale[(row - static_cast<const TC*>(v_cache)) / (kDim > 0 ? kDim : head_dim)];
+    if constexpr (std::is_same_v<TC, int8_t>) return v_scale[index<kDim>(row, v_cache)];
     return 1.0f;
   }
 };
@@ -55,35 +59,32 @@ constexpr bool kVectorDim = simd::kWidth > 0 && kDim > 0 && kDim % (simd::kWidth
 inline float softmax_block(float* s, int64_t n, float& m, float& l) {
   float block_max = -INFINITY, sum = 0.0f;
 #if CODEINFER_SIMD
-  {
-    constexpr int64_t W = simd::kWidth;
-    simd::F mx = simd::set1(-INFINITY);
-    for (int64_t j = 0; j < n; j += W) mx = simd::max(mx, simd::load_first(s + j, n - j, -INFINITY));
-    block_max = simd::reduce_max(mx);
-    const float m_new = std::max(m, block_max);
-    const simd::F shift = simd::set1(m_new == -INFINITY ? 0.0f : m_new);  // nothing visible yet
-    simd::F total = simd::set1(0.0f);
-    for (int64_t j = 0; j < n; j += W) {
-      const simd::F p = simd::exp_neg(simd::sub(simd::load_first(s + j, n - j, -INFINITY), shift));
-      simd::store_first(s + j, p, n - j);
-      total = simd::add(total, p);  // masked lanes: exp(-inf) = 0
-    }
-    sum = simd::reduce_add(total);
-    const float alpha = exp_neg(m - (m_new == -INFINITY ? 0.0f : m_new));  // m = -inf: 0
-    l = l * alpha + sum;
-    m = m_new;
-    return alpha;
-  }
-#endif
+  constexpr int64_t W = simd::kWidth;
+  simd::F mx = simd::set1(-INFINITY);
+  for (int64_t j = 0; j < n; j += W) mx = simd::max(mx, simd::load_first(s + j, n - j, -INFINITY));
+  block_max = simd::reduce_max(mx);
+#else
 #pragma omp simd reduction(max : block_max)
   for (int64_t j = 0; j < n; ++j) block_max = s[j] > block_max ? s[j] : block_max;
-  const float m_new = std::max(m, block_max), shift = m_new == -INFINITY ? 0.0f : m_new;
+#endif
+  const float m_new = std::max(m, block_max);
+  const float shift = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet
+#if CODEINFER_SIMD
+  simd::F total = simd::set1(0.0f);
+  for (int64_t j = 0; j < n; j += W) {
+    const simd::F p = simd::exp_neg(simd::sub(simd::load_first(s + j, n - j, -INFINITY), simd::set1(shift)));
+    simd::store_first(s + j, p, n - j);
+    total = simd::add(total, p);  // masked lanes: exp(-inf) = 0
+  }
+  sum = simd::reduce_add(total);
+#else
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) {
     s[j] = exp_neg(s[j] - shift);
     sum += s[j];
   }
-  const float alpha = exp_neg(m - shift);
+#endif
+  const float alpha = exp_neg(m - shift);  // m = -inf: 0
   l = l * alpha + sum;
   m = m_new;
   return alpha;
@@ -166,16 +167,21 @@ inline void accumulate_pv(const float* p, int64_t p_stride, const TC* v, int64_t
   }
 }
 
+// Prefetches elements [begin, end) of both caches into L2, a cache line at a time.
+template <typename TC>
+inline void prefetch_range(const TC* k_cache, const TC* v_cache, int64_t begin, int64_t end) {
+  for (int64_t e = begin; e < end; e += 64 / int64_t{sizeof(TC)}) {
+    __builtin_prefetch(k_cache + e, 0, 2);
+    __builtin_prefetch(v_cache + e, 0, 2);
+  }
+}
+
 // Prefetches rows [kv_lo, kv_hi) (elements within a slot) of every slot of one cache block into L2.
 template <typename TC>
 inline void prefetch_block(const TC* k_cache, const TC* v_cache, int64_t base, int64_t block_size,
                            int64_t slot_stride, int64_t kv_lo, int64_t kv_hi) {
-  constexpr int64_t kLine = 64 / sizeof(TC);  // elements per cache line
   for (int64_t t = 0; t < block_size; ++t)
-    for (int64_t e = kv_lo; e < kv_hi; e += kLine) {
-      __builtin_prefetch(k_cache + base + t * slot_stride + e, 0, 2);
-      __builtin_prefetch(v_cache + base + t * slot_stride + e, 0, 2);
-    }
+    prefetch_range(k_cache, v_cache, base + t * slot_stride + kv_lo, base + t * slot_stride + kv_hi);
 }
 
 }  // namespace attention
