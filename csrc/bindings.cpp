@@ -1,5 +1,6 @@
 // pybind11 bindings of the CPU ops (module kernels._cpu). No libtorch: pointers and sizes only.
-// Every op releases the GIL; the argument structs are filled field by field from kernels/cpu.py.
+// Every op releases the GIL; the argument structs are filled field by field from kernels/cpu.py
+// (a packed linear's once per layer, its rows per call).
 #include <pybind11/pybind11.h>
 
 #include "ops.h"
@@ -56,8 +57,20 @@ PYBIND11_MODULE(_cpu, m) {
       FIELD(out) FIELD(num_rows) FIELD(in_features) FIELD(out_features) FIELD(x_stride) FIELD(res_stride)
       FIELD(out_stride) FIELD(act_start) FIELD(eps);
 #undef FIELD
-  m.def("int8_linear", &codeinfer::int8_linear, py::call_guard<py::gil_scoped_release>(),
-        py::arg("args"), py::arg("dtype"), py::arg("out_dtype"));
-  m.def("bf16_linear", &codeinfer::bf16_linear, py::call_guard<py::gil_scoped_release>(),
-        py::arg("args"), py::arg("dtype"), py::arg("out_dtype"));
+  // A layer's template (weights, norm, bias: kernels.cpu.PackedLinear) and one call's rows.
+  const auto linear_rows = [](void (*op)(const PackedLinearArgs&, const std::string&, const std::string&)) {
+    return [op](const PackedLinearArgs& layer, uintptr_t x, uintptr_t out, uintptr_t residual, int64_t num_rows,
+                int64_t x_stride, int64_t res_stride, int64_t act_start, const std::string& dtype,
+                const std::string& out_dtype) {
+      PackedLinearArgs a = layer;
+      a.x = x, a.out = out, a.residual = residual, a.num_rows = num_rows;
+      a.x_stride = x_stride, a.res_stride = res_stride, a.act_start = act_start;
+      op(a, dtype, out_dtype);
+    };
+  };
+  for (const auto& [name, op] : {std::pair{"int8_linear", &codeinfer::int8_linear},
+                                 std::pair{"bf16_linear", &codeinfer::bf16_linear}})
+    m.def(name, linear_rows(op), py::call_guard<py::gil_scoped_release>(), py::arg("layer"), py::arg("x"),
+          py::arg("out"), py::arg("residual"), py::arg("num_rows"), py::arg("x_stride"), py::arg("res_stride"),
+          py::arg("act_start"), py::arg("dtype"), py::arg("out_dtype"));
 }

@@ -1,4 +1,7 @@
-"""Argument checks shared by the C++ and Triton wrappers: each error names the bad argument."""
+"""Argument checks shared by the C++ and Triton wrappers: each error names the bad argument.
+
+The wrappers run these on every call (a decode step makes a few per layer), so each rule is one
+comparison when it passes and builds its message only when it fails."""
 from __future__ import annotations
 
 import torch
@@ -6,9 +9,12 @@ import torch
 
 def check_shape(t: torch.Tensor, name: str, shape: tuple) -> None:
     """shape entries of None match any size."""
-    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
-        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-        raise ValueError(f"{name}: expected shape {want}, got {list(t.shape)}")
+    actual = t.shape
+    if actual == shape or (len(actual) == len(shape)
+                           and all(s is None or s == d for s, d in zip(shape, actual))):
+        return
+    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+    raise ValueError(f"{name}: expected shape {want}, got {list(actual)}")
 
 
 def check_device(device: torch.device, **tensors: torch.Tensor) -> None:
@@ -26,10 +32,10 @@ def check_rows(t: torch.Tensor, name: str) -> None:
 
 def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        check_shape(cache, name, (None, None, None, None))
-        if not cache.is_contiguous():
-            raise ValueError(f"{name}: must be contiguous [num_blocks, block_size, kv_heads, head_dim]")
-    check_shape(v_cache, "v_cache", tuple(k_cache.shape))
+        if cache.dim() != 4 or not cache.is_contiguous():
+            raise ValueError(f"{name}: must be contiguous [num_blocks, block_size, kv_heads, head_dim], "
+                             f"got shape {list(cache.shape)} strides {cache.stride()}")
+    check_shape(v_cache, "v_cache", k_cache.shape)
     if v_cache.dtype != k_cache.dtype:
         raise TypeError(f"v_cache dtype {v_cache.dtype} differs from k_cache dtype {k_cache.dtype}")
 
@@ -57,7 +63,7 @@ def check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache,
     num_kv_heads = k_cache.shape[2]
     check_shape(k, "k", (num_tokens, num_kv_heads, head_dim))
     check_shape(v, "v", (num_tokens, num_kv_heads, head_dim))
-    check_shape(k_cache, "k_cache", (None, None, num_kv_heads, head_dim))
+    check_shape(k_cache, "k_cache", (k_cache.shape[0], k_cache.shape[1], num_kv_heads, head_dim))
     check_shape(positions, "positions", (num_tokens,))
     check_shape(slot_mapping, "slot_mapping", (num_tokens,))
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -67,7 +73,7 @@ def check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache,
     if rotary_dim > 0:
         if cos_sin is None or cos_sin.dtype != torch.float32 or cos_sin.dim() != 2:
             raise TypeError("cos_sin: expected a float32 [max_positions, rotary_dim] table")
-        check_shape(cos_sin, "cos_sin", (None, rotary_dim))
+        check_shape(cos_sin, "cos_sin", (cos_sin.shape[0], rotary_dim))
 
 
 def check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window) -> None:
@@ -77,11 +83,12 @@ def check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens
     check_rows(q, "q")
     num_heads, head_dim = q.shape[1], q.shape[2]
     check_cache(k_cache, v_cache)
-    check_shape(k_cache, "k_cache", (None, None, None, head_dim))
     num_kv_heads = k_cache.shape[2]
-    if num_heads % num_kv_heads:
+    check_shape(k_cache, "k_cache", (k_cache.shape[0], k_cache.shape[1], num_kv_heads, head_dim))
+    if num_kv_heads == 0 or num_heads % num_kv_heads:
         raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
-    check_shape(block_tables, "block_tables", (None, None))
+    if block_tables.dim() != 2:
+        raise ValueError(f"block_tables: expected shape [num_seqs, max_blocks], got {list(block_tables.shape)}")
     num_seqs = block_tables.shape[0]
     check_shape(seq_lens, "seq_lens", (num_seqs,))
     check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
@@ -101,4 +108,4 @@ def check_cache_scales(k_cache, v_cache, k_scale, v_scale) -> None:
             raise ValueError(f"{name}: an int8 cache needs its per-row scales")
         if t.dtype != torch.float32 or not t.is_contiguous() or t.device != k_cache.device:
             raise TypeError(f"{name}: expected a contiguous float32 tensor on {k_cache.device}")
-        check_shape(t, name, tuple(k_cache.shape[:3]))
+        check_shape(t, name, k_cache.shape[:3])

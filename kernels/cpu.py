@@ -54,40 +54,8 @@ def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tens
     return out
 
 
-def _cache_ok(k_cache: torch.Tensor, v_cache: torch.Tensor, head_dim: int, k_scale, v_scale) -> bool:
-    """True when check_device / check_cache / check_cache_scales (and head_dim) would pass for the
-    caches: the cheap per-call test of the common case, the full checks (with their errors) run
-    only when it fails."""
-    if not (k_cache.is_cpu and v_cache.is_cpu and k_cache.dim() == 4 and k_cache.shape[3] == head_dim
-            and k_cache.dtype in _CACHE_DTYPES and v_cache.dtype == k_cache.dtype
-            and v_cache.shape == k_cache.shape and k_cache.is_contiguous() and v_cache.is_contiguous()):
-        return False
-    if k_cache.dtype != torch.int8:
-        return k_scale is None and v_scale is None
-    return all(t is not None and t.is_cpu and t.dtype == torch.float32 and t.is_contiguous()
-               and t.shape == k_cache.shape[:3] for t in (k_scale, v_scale))
-
-
-def _scale_ptr(t: torch.Tensor | None) -> int:
+def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
-
-
-def _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping,
-                    k_scale, v_scale) -> bool:
-    if not (q.is_cpu and k.is_cpu and v.is_cpu and q.dtype in _DTYPES and k.dtype == q.dtype
-            and v.dtype == q.dtype and q.dim() == 3 and q.stride(2) == 1):
-        return False
-    num_tokens, _, head_dim = q.shape
-    if not _cache_ok(k_cache, v_cache, head_dim, k_scale, v_scale):
-        return False
-    kv_shape = (num_tokens, k_cache.shape[2], head_dim)
-    if k.shape != kv_shape or v.shape != kv_shape or positions.shape != (num_tokens,) \
-            or slot_mapping.shape != (num_tokens,) or k.stride(2) != 1 or v.stride(2) != 1:
-        return False
-    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
-        return False
-    return rotary_dim == 0 or (cos_sin is not None and cos_sin.dtype == torch.float32
-                               and cos_sin.dim() == 2 and cos_sin.shape[1] == rotary_dim)
 
 
 def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -96,10 +64,8 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
     """See kernels.reference.rotary_store_kv. q, k, v may be strided views ([tokens, heads, dim]
     with a dense last dim); they are rotated in place. Caches: contiguous, fp32, bf16 or int8."""
-    if not _rotary_fast_ok(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping,
-                           k_scale, v_scale):
-        _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
-        check_cache_scales(k_cache, v_cache, k_scale, v_scale)
+    _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
+    check_cache_scales(k_cache, v_cache, k_scale, v_scale)
     num_tokens, _, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     a = _cpu.RotaryArgs()
@@ -116,15 +82,22 @@ def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
     a.k_stride_t, a.k_stride_h = k.stride(0), k.stride(1)
     a.v_stride_t, a.v_stride_h = v.stride(0), v.stride(1)
-    a.k_scale, a.v_scale = _scale_ptr(k_scale), _scale_ptr(v_scale)
+    a.k_scale, a.v_scale = _ptr(k_scale), _ptr(v_scale)
     _cpu.rotary_store_kv(a, _DTYPES[q.dtype], _CACHE_DTYPES[k_cache.dtype])
 
 
 def _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> None:
-    """The full argument checks of rotary_store_kv; raise TypeError / ValueError naming the argument."""
-    check_device(_CPU, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache)
+    """The argument checks of rotary_store_kv; raise TypeError / ValueError naming the argument."""
+    check_device(_CPU, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, positions=positions,
+                 slot_mapping=slot_mapping)
+    if cos_sin is not None:
+        check_device(_CPU, cos_sin=cos_sin)
     _dtype_name(q, "q")
     check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
+    _check_cache_dtype(k_cache)
+
+
+def _check_cache_dtype(k_cache: torch.Tensor) -> None:
     if k_cache.dtype not in _CACHE_DTYPES:
         raise TypeError(f"k_cache: the CPU kernels take float32, bfloat16 or int8 caches, got {k_cache.dtype}")
 
@@ -135,13 +108,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """See kernels.reference.paged_attention. q may be a strided view with a dense last dim;
     returns a contiguous [num_tokens, num_heads, head_dim] tensor in q's dtype."""
-    if not (q.is_cpu and q.dtype in _DTYPES and q.dim() == 3 and q.stride(2) == 1
-            and _cache_ok(k_cache, v_cache, q.shape[2], k_scale, v_scale) and k_cache.shape[2] > 0
-            and q.shape[1] % k_cache.shape[2] == 0 and block_tables.dim() == 2
-            and seq_lens.shape == (block_tables.shape[0],)
-            and cu_seqlens_q.shape == (block_tables.shape[0] + 1,) and window >= 0):
-        _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
-        check_cache_scales(k_cache, v_cache, k_scale, v_scale)
+    _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
+    check_cache_scales(k_cache, v_cache, k_scale, v_scale)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     num_seqs = block_tables.shape[0]
@@ -156,18 +124,18 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     a.max_blocks_per_seq = block_tables.shape[1]
     a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
     a.scale, a.window = float(scale), int(window)
-    a.k_scale, a.v_scale = _scale_ptr(k_scale), _scale_ptr(v_scale)
+    a.k_scale, a.v_scale = _ptr(k_scale), _ptr(v_scale)
     _cpu.paged_attention(a, _DTYPES[q.dtype], _CACHE_DTYPES[k_cache.dtype])
     return out
 
 
 def _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window) -> None:
-    """The full argument checks of paged_attention; raise TypeError / ValueError naming the argument."""
-    check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache)
+    """The argument checks of paged_attention; raise TypeError / ValueError naming the argument."""
+    check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens,
+                 cu_seqlens_q=cu_seqlens_q)
     _dtype_name(q, "q")
     check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
-    if k_cache.dtype not in _CACHE_DTYPES:
-        raise TypeError(f"k_cache: the CPU kernels take float32, bfloat16 or int8 caches, got {k_cache.dtype}")
+    _check_cache_dtype(k_cache)
 
 
 def _check_rows_2d(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
@@ -208,81 +176,103 @@ def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torc
     return out, scales
 
 
-def _vector_ok(t: torch.Tensor | None, dim: int, dtype: torch.dtype) -> bool:
-    return t is None or (t.dtype == dtype and t.shape == (dim,) and t.is_cpu and t.is_contiguous())
-
-
 # Packed weight layouts of the two linear ops: (weight dtype, weight values per 32-bit word).
 _PACKED = {"int8": (torch.int8, 4), "bf16": (torch.bfloat16, 2)}
 
 
-def _linear_ok(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> bool:
-    """The common case in a few attribute reads (a decode step makes ~50 of these calls)."""
-    if x.dtype not in _DTYPES or out_dtype not in _DTYPES or x.dim() != 2 or x.stride(1) != 1 or not x.is_cpu:
-        return False
-    rows, k = x.shape
-    dtype, per_word = _PACKED[kind]
-    return (packed.shape == (-(-n // 16), -(-k // per_word), 16, per_word) and packed.dtype == dtype
-            and packed.is_cpu and packed.is_contiguous()
-            and (kind != "int8" or (_vector_ok(colsum, 16 * packed.shape[0], torch.int32)
-                                    and _vector_ok(w_scales, n, torch.float32)))
-            and _vector_ok(bias, n, out_dtype)
-            and _vector_ok(gamma, k, x.dtype) and _vector_ok(beta, k, x.dtype) and (gamma is not None or beta is None)
-            and (residual is None or (residual.dtype == out_dtype and residual.shape == (rows, n)
-                                      and residual.stride(1) == 1 and residual.is_cpu))
-            and (act_start is None or 0 <= act_start <= n))
+class PackedLinear:
+    """A packed linear layer's fixed operands (weight, its scales, bias, the layer norm on its input),
+    checked once and held in the C++ argument template; a call passes the rows of one step:
+    `linear(x, residual=None, act_start=None) -> [rows, out_features]` (see kernels.reference
+    int8_linear / bf16_linear for the arithmetic). Each rule is checked where its operand comes in:
+    the fixed ones here, x / residual / act_start per call (TypeError / ValueError naming it)."""
+
+    __slots__ = ("kind", "in_features", "out_features", "x_dtype", "out_dtype", "_args", "_names", "_operands")
+
+    def __init__(self, kind: str, packed: torch.Tensor, in_features: int, out_features: int,
+                 colsum: torch.Tensor | None = None, w_scales: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, gamma: torch.Tensor | None = None,
+                 beta: torch.Tensor | None = None, eps: float = 1e-5,
+                 x_dtype: torch.dtype = torch.bfloat16, out_dtype: torch.dtype | None = None):
+        out_dtype = out_dtype or x_dtype
+        if x_dtype not in _DTYPES:
+            raise TypeError(f"x: the CPU kernels take float32 or bfloat16, got {x_dtype}")
+        if out_dtype not in _DTYPES:
+            raise TypeError(f"out_dtype: the CPU kernels take float32 or bfloat16, got {out_dtype}")
+        n, k = out_features, in_features
+        dtype, per_word = _PACKED[kind]
+        shape = (-(-n // 16), -(-k // per_word), 16, per_word)
+        check_device(_CPU, packed=packed)
+        if packed.shape != shape or packed.dtype != dtype or not packed.is_contiguous():
+            raise ValueError(f"packed: expected a contiguous {dtype} {list(shape)} tensor (pack_{kind}_weight of a "
+                             f"[{n}, {k}] weight), got {list(packed.shape)} {packed.dtype}")
+        if gamma is None and beta is not None:
+            raise ValueError("beta: given without gamma")
+        bias, gamma, beta = _vector(bias, "bias", n, out_dtype), _vector(gamma, "gamma", k, x_dtype), \
+            _vector(beta, "beta", k, x_dtype)
+        a = _cpu.PackedLinearArgs()
+        if kind == "int8":
+            colsum = _vector(colsum, "colsum", shape[0] * 16, torch.int32)
+            w_scales = _vector(w_scales, "w_scales", n, torch.float32)
+            a.colsum, a.w_scales = colsum.data_ptr(), w_scales.data_ptr()
+        a.packed, a.gamma, a.beta, a.bias = packed.data_ptr(), _ptr(gamma), _ptr(beta), _ptr(bias)
+        a.in_features, a.out_features, a.out_stride, a.eps = k, n, n, float(eps)
+        self.kind, self.in_features, self.out_features = kind, k, n
+        self.x_dtype, self.out_dtype = x_dtype, out_dtype
+        self._args, self._names = a, (_DTYPES[x_dtype], _DTYPES[out_dtype])
+        self._operands = (packed, colsum, w_scales, bias, gamma, beta)  # alive as long as the pointers
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                 act_start: int | None = None) -> torch.Tensor:
+        """x: [rows, in_features] of x_dtype, rows may be strided; residual: [rows, out_features] of
+        out_dtype (dense last dim); act_start: gelu (tanh) on columns >= act_start (None: none)."""
+        n, k = self.out_features, self.in_features
+        if not x.is_cpu:
+            raise ValueError(f"x: expected a tensor on cpu, got {x.device}")
+        if x.dtype != self.x_dtype:
+            raise TypeError(f"x: expected dtype {self.x_dtype} (the layer's), got {x.dtype}")
+        if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
+            raise ValueError(f"x: expected a [rows, {k}] tensor with a dense last dim, "
+                             f"got shape {list(x.shape)} strides {x.stride()}")
+        rows = x.shape[0]
+        res_ptr, res_stride = 0, 0
+        if residual is not None:
+            if not residual.is_cpu or residual.dtype != self.out_dtype or residual.shape != (rows, n) \
+                    or residual.stride(1) != 1:
+                raise ValueError(f"residual: expected a [{rows}, {n}] {self.out_dtype} tensor on cpu with a "
+                                 f"dense last dim, got {list(residual.shape)} {residual.dtype} "
+                                 f"strides {residual.stride()} on {residual.device}")
+            res_ptr, res_stride = residual.data_ptr(), max(residual.stride(0), n)
+        if act_start is None:
+            act_start = n
+        elif not 0 <= act_start <= n:
+            raise ValueError(f"act_start: expected None or 0..{n}, got {act_start}")
+        out = torch.empty(rows, n, dtype=self.out_dtype)
+        run = _cpu.int8_linear if self.kind == "int8" else _cpu.bf16_linear
+        run(self._args, x.data_ptr(), out.data_ptr(), res_ptr, rows, max(x.stride(0), k), res_stride,
+            int(act_start), *self._names)
+        return out
 
 
-def _linear_checks(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype) -> None:
-    """The errors naming the bad argument (only reached when _linear_ok fails)."""
-    _dtype_name(x, "x")
-    if out_dtype not in _DTYPES:
-        raise TypeError(f"out_dtype: the CPU kernels take float32 or bfloat16, got {out_dtype}")
-    _check_rows_2d(x, "x")
-    k = x.shape[1]
-    dtype, per_word = _PACKED[kind]
-    shape = (-(-n // 16), -(-k // per_word), 16, per_word)
-    check_device(_CPU, packed=packed)
-    if packed.shape != shape or packed.dtype != dtype or not packed.is_contiguous():
-        raise ValueError(f"packed: expected a contiguous {dtype} {list(shape)} tensor (pack_{kind}_weight of a "
-                         f"[{n}, {k}] weight), got {list(packed.shape)} {packed.dtype}")
-    vectors = [(bias, "bias", n, out_dtype), (gamma, "gamma", k, x.dtype), (beta, "beta", k, x.dtype)]
-    if kind == "int8":
-        vectors += [(colsum, "colsum", shape[0] * 16, torch.int32), (w_scales, "w_scales", n, torch.float32)]
-    for t, name, dim, dtype in vectors:
-        if not _vector_ok(t, dim, dtype):
-            _vector(t, name, dim, dtype)
-            raise ValueError(f"{name}: expected a contiguous [{dim}] {dtype} tensor")
-    if gamma is None and beta is not None:
-        raise ValueError("beta: given without gamma")
-    if residual is not None:
-        _check_rows_2d(residual, "residual", out_dtype)
-        if residual.shape != (x.shape[0], n):
-            raise ValueError(f"residual: expected shape {[x.shape[0], n]}, got {list(residual.shape)}")
-    if act_start is not None and not 0 <= act_start <= n:
-        raise ValueError(f"act_start: expected None or 0..{n}, got {act_start}")
+def _in_features(x: torch.Tensor) -> int:
+    return x.shape[-1] if x.dim() else 0  # a bad x is named by the call's own check
 
 
-def _linear(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, eps, out_dtype):
-    out_dtype = out_dtype or x.dtype
-    if not _linear_ok(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype):
-        _linear_checks(kind, x, packed, n, colsum, w_scales, bias, residual, act_start, gamma, beta, out_dtype)
-    num_rows, in_features = x.shape
-    out = torch.empty(num_rows, n, dtype=out_dtype)
-    a = _cpu.PackedLinearArgs()
-    a.x, a.packed, a.out = x.data_ptr(), packed.data_ptr(), out.data_ptr()
-    if kind == "int8":
-        a.colsum, a.w_scales = colsum.data_ptr(), w_scales.data_ptr()
-    a.gamma = 0 if gamma is None else gamma.data_ptr()
-    a.beta = 0 if beta is None else beta.data_ptr()
-    a.bias = 0 if bias is None else bias.data_ptr()
-    a.residual = 0 if residual is None else residual.data_ptr()
-    a.num_rows, a.in_features, a.out_features, a.eps = num_rows, in_features, n, float(eps)
-    a.x_stride, a.out_stride = max(x.stride(0), in_features), n
-    a.res_stride = 0 if residual is None else max(residual.stride(0), n)
-    a.act_start = n if act_start is None else int(act_start)
-    (_cpu.int8_linear if kind == "int8" else _cpu.bf16_linear)(a, _DTYPES[x.dtype], _DTYPES[out_dtype])
-    return out
+def bind_int8_linear(packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor, in_features: int,
+                     bias: torch.Tensor | None = None, gamma: torch.Tensor | None = None,
+                     beta: torch.Tensor | None = None, eps: float = 1e-5, x_dtype: torch.dtype = torch.bfloat16,
+                     out_dtype: torch.dtype | None = None) -> PackedLinear:
+    """int8_linear with its fixed operands bound (checked once): f(x, residual=None, act_start=None)."""
+    return PackedLinear("int8", packed, in_features, w_scales.shape[0], colsum, w_scales, bias, gamma, beta,
+                        eps, x_dtype, out_dtype)
+
+
+def bind_bf16_linear(packed: torch.Tensor, in_features: int, out_features: int, bias: torch.Tensor | None = None,
+                     gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None, eps: float = 1e-5,
+                     x_dtype: torch.dtype = torch.bfloat16, out_dtype: torch.dtype | None = None) -> PackedLinear:
+    """bf16_linear with its fixed operands bound (checked once): f(x, residual=None, act_start=None)."""
+    return PackedLinear("bf16", packed, in_features, out_features, None, None, bias, gamma, beta, eps, x_dtype,
+                        out_dtype)
 
 
 def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor,
@@ -290,9 +280,9 @@ def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_s
                 act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
                 eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """See kernels.reference.int8_linear: one call quantises x and runs the GEMM with its epilogue.
-    It runs once per linear layer per step, so the common case is checked in a few attribute reads."""
-    return _linear("int8", x, packed, w_scales.shape[0], colsum, w_scales, bias, residual, act_start, gamma,
-                   beta, eps, out_dtype)
+    A layer binds its operands once instead (bind_int8_linear) and calls per step."""
+    return bind_int8_linear(packed, colsum, w_scales, _in_features(x), bias, gamma, beta, eps, x.dtype,
+                            out_dtype)(x, residual, act_start)
 
 
 def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
@@ -300,5 +290,5 @@ def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: 
                 gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None, eps: float = 1e-5,
                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """See kernels.reference.bf16_linear (one call: layer norm, bf16 GEMM, epilogue)."""
-    return _linear("bf16", x, packed, out_features, None, None, bias, residual, act_start, gamma, beta, eps,
-                   out_dtype)
+    return bind_bf16_linear(packed, _in_features(x), out_features, bias, gamma, beta, eps, x.dtype,
+                            out_dtype)(x, residual, act_start)

@@ -234,3 +234,25 @@ def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: 
         h = torch.nn.functional.layer_norm(h, (x.shape[1],), gamma.float(), None if beta is None else beta.float(), eps)
     v = h.to(torch.bfloat16).float() @ _unpack(packed, out_features, x.shape[1]).float().t()
     return _epilogue(v, bias, residual, act_start, out_dtype)
+
+
+def bind_int8_linear(packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor, in_features: int,
+                     bias: torch.Tensor | None = None, gamma: torch.Tensor | None = None,
+                     beta: torch.Tensor | None = None, eps: float = 1e-5, x_dtype: torch.dtype = torch.bfloat16,
+                     out_dtype: torch.dtype | None = None):
+    """A layer's int8_linear with its fixed operands bound: f(x, residual=None, act_start=None)
+    (the C++ backend checks those operands once here; this reference takes them per call)."""
+    def linear(x, residual=None, act_start=None):
+        return int8_linear(x, packed, colsum, w_scales, bias, residual, act_start, gamma, beta, eps,
+                           out_dtype or x_dtype)
+    return linear
+
+
+def bind_bf16_linear(packed: torch.Tensor, in_features: int, out_features: int, bias: torch.Tensor | None = None,
+                     gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None, eps: float = 1e-5,
+                     x_dtype: torch.dtype = torch.bfloat16, out_dtype: torch.dtype | None = None):
+    """A layer's bf16_linear with its fixed operands bound: f(x, residual=None, act_start=None)."""
+    def linear(x, residual=None, act_start=None):
+        return bf16_linear(x, packed, out_features, bias, residual, act_start, gamma, beta, eps,
+                           out_dtype or x_dtype)
+    return linear

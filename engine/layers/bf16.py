@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from engine.layers.quant import packed_operands, replace_linears
+from engine.layers.quant import PackedLinearBase, replace_linears
 from kernels import reference as reference_ops
 
 try:
@@ -20,7 +20,7 @@ except ImportError:  # the C++ extension is not built: pack_linears leaves the m
     cpu_ops = None
 
 
-class Bf16Linear(nn.Module):
+class Bf16Linear(PackedLinearBase):
     """y = residual + act(linear(norm(x))) with a packed bf16 weight (same call as Int8Linear)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None,
@@ -40,14 +40,11 @@ class Bf16Linear(nn.Module):
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
         on output columns >= act_start (None: none); residual: [..., out] added last."""
-        shape = x.shape
-        x = x.reshape(-1, self.in_features)
-        if residual is not None:
-            residual = residual.reshape(-1, self.out_features)
-        out_dtype, bias, residual, gamma, beta, eps = packed_operands(self, x, norm, residual)
-        y = self.ops.bf16_linear(x, self._buffers["packed_weight"], self.out_features, bias, residual, act_start,
-                                gamma, beta, eps, out_dtype)
-        return y.view(*shape[:-1], self.out_features)
+        return self._packed_forward(x, norm, act_start, residual)
+
+    def _bind(self, x_dtype, bias, gamma, beta, eps, out_dtype):
+        return self.ops.bind_bf16_linear(self.packed_weight, self.in_features, self.out_features, bias, gamma,
+                                         beta, eps, x_dtype, out_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 packed"

@@ -45,7 +45,48 @@ def quantize_per_channel(weight: torch.Tensor, rows: int = 4096) -> tuple[torch.
     return q, scale
 
 
-class Int8Linear(nn.Module):
+class PackedLinearBase(nn.Module):
+    """What Int8Linear and Bf16Linear share: the backend's linear op bound once per (input dtype,
+    norm) to this layer's packed weight, bias and norm parameters (`ops.bind_*_linear`: the C++ one
+    checks them once and keeps its argument template), so a step's call passes only its rows. The
+    bindings hold the tensors they point to; moving the module (`.to()`, `_apply`) drops them."""
+
+    def __init__(self):
+        super().__init__()
+        self._bound: dict = {}  # (x dtype, norm) -> (op, out_dtype)
+
+    def _bind(self, x_dtype: torch.dtype, bias, gamma, beta, eps: float, out_dtype: torch.dtype):
+        raise NotImplementedError
+
+    def _apply(self, fn, *args, **kwargs):
+        self._bound = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _packed_forward(self, x: torch.Tensor, norm: nn.LayerNorm | None, act_start: int | None,
+                        residual: torch.Tensor | None) -> torch.Tensor:
+        """x: [..., in] -> [..., out] through the bound op (see Int8Linear.forward)."""
+        shape = x.shape
+        x = x.reshape(-1, self.in_features)
+        bound = self._bound.get((x.dtype, norm))
+        if bound is None:
+            bound = self._bound[(x.dtype, norm)] = self._bind_for(x.dtype, norm)
+        op, out_dtype = bound
+        if residual is not None:
+            residual = residual.reshape(-1, self.out_features)
+            if residual.dtype != out_dtype:
+                residual = residual.to(out_dtype)
+        return op(x, residual, act_start).view(*shape[:-1], self.out_features)
+
+    def _bind_for(self, x_dtype: torch.dtype, norm: nn.LayerNorm | None):
+        out_dtype = self.out_dtype or x_dtype
+        bias = self._parameters.get("bias")
+        if bias is not None:
+            bias = bias.to(out_dtype)
+        gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
+        return self._bind(x_dtype, bias, gamma, beta, eps, out_dtype), out_dtype
+
+
+class Int8Linear(PackedLinearBase):
     """y = residual + act(linear(norm(x))) with int8 weights; see the module docstring."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None = None,
@@ -81,20 +122,16 @@ class Int8Linear(nn.Module):
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
         on output columns >= act_start (None: none); residual: [..., out] added last."""
+        if self.packed:
+            return self._packed_forward(x, norm, act_start, residual)
         shape = x.shape
         x = x.reshape(-1, self.in_features)
         res = None if residual is None else residual.reshape(-1, self.out_features)
-        if self.packed:
-            y = self._forward_packed(x, norm, act_start, res)
-        else:
-            y = self._forward_dequantized(x, norm, act_start, res)
-        return y.view(*shape[:-1], self.out_features)
+        return self._forward_dequantized(x, norm, act_start, res).view(*shape[:-1], self.out_features)
 
-    def _forward_packed(self, x, norm, act_start, residual):
-        buffers = self._buffers  # direct reads: nn.Module.__getattr__ is slow, and runs per layer per step
-        out_dtype, bias, residual, gamma, beta, eps = packed_operands(self, x, norm, residual)
-        return self.ops.int8_linear(x, buffers["packed_weight"], buffers["colsum"], buffers["scale"], bias,
-                                   residual, act_start, gamma, beta, eps, out_dtype)
+    def _bind(self, x_dtype, bias, gamma, beta, eps, out_dtype):
+        return self.ops.bind_int8_linear(self.packed_weight, self.colsum, self.scale, self.in_features, bias,
+                                         gamma, beta, eps, x_dtype, out_dtype)
 
     def _forward_dequantized(self, x, norm, act_start, residual):
         h = x if norm is None else norm(x)
@@ -106,20 +143,6 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
-
-
-def packed_operands(linear: nn.Module, x: torch.Tensor, norm: nn.LayerNorm | None,
-                    residual: torch.Tensor | None):
-    """(out_dtype, bias, residual, gamma, beta, eps) of a packed CPU linear's call (Int8Linear,
-    Bf16Linear): bias and residual in the output dtype, the norm's parameters or None."""
-    out_dtype = linear.out_dtype or x.dtype
-    bias = linear._parameters.get("bias")  # direct read: nn.Module.__getattr__ is slow
-    if bias is not None and bias.dtype != out_dtype:
-        bias = bias.to(out_dtype)
-    if residual is not None and residual.dtype != out_dtype:
-        residual = residual.to(out_dtype)
-    gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
-    return out_dtype, bias, residual, gamma, beta, eps
 
 
 def replace_linears(model: nn.Module, linear_cls, accept=lambda linear: True) -> nn.Module:
