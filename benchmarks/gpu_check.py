@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from tests.kernels.cases import ATTENTION_CASES as TEST_ATTENTION_CASES
+
 # (atol, rtol) by dtype. fp32 differs from the reference in summation order only; bf16 / fp16
 # attention multiplies the probabilities in the input dtype (one rounding) before the output's own.
 TOLERANCES = {torch.float32: (2e-5, 1e-4), torch.bfloat16: (1e-2, 1.6e-2), torch.float16: (2e-3, 4e-3)}
@@ -33,16 +35,8 @@ EMBEDDING_CASES = [(1, 97, 48, True), (7, 97, 80, False), (300, 1031, 1030, True
 # rotary_store_kv: (num_tokens, num_heads, num_kv_heads, head_dim, rotary_dim, block_size)
 ROTARY_CASES = [(1, 2, 2, 64, 32, 16), (7, 4, 4, 80, 80, 8), (97, 3, 3, 32, 16, 32),
                 (300, 16, 16, 64, 32, 16), (13, 2, 1, 64, 0, 8)]
-# paged_attention: (name, [(seq_len, q_len), ...], block_size, num_heads, num_kv_heads, head_dim,
-# window, scale or None for 1/sqrt(head_dim)); lengths 1, 7, 97, 300+, windows crossed.
-ATTENTION_CASES = [
-    ("decode", [(1, 1), (7, 1), (97, 1), (300, 1), (256, 1)], 16, 4, 4, 64, 0, 0.125),
-    ("prefill_window", [(1, 1), (7, 7), (97, 97), (300, 300)], 8, 2, 2, 80, 256, 1.0),
-    ("mixed_chunked", [(300, 45), (97, 1), (5, 0), (7, 7), (300, 1)], 32, 3, 3, 32, 256, None),
-    ("gqa", [(97, 97), (40, 1), (33, 20)], 16, 4, 2, 128, 0, None),
-    ("small_window", [(97, 97), (300, 1), (300, 30)], 16, 2, 2, 64, 16, 1.0),
-    ("long_decode", [(1900, 1), (1023, 1), (1024, 1)], 16, 16, 16, 64, 256, 1.0),
-]
+# paged_attention: the kernel tests' shared cases, and a long decode over local windows.
+ATTENTION_CASES = [*TEST_ATTENTION_CASES, ("long_decode", [(1900, 1), (1023, 1), (1024, 1)], 16, 16, 16, 64, 256, 1.0)]
 NO_CUDA = ("gpu-check: torch {version} sees no CUDA device (CUDA build: {cuda}); nothing to check. "
            "On a GPU machine, run it with a CUDA build of torch: make gpu-check GPU_PYTHON=/path/to/python")
 

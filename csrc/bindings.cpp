@@ -1,6 +1,6 @@
 // pybind11 bindings of the CPU ops (module kernels._cpu). No libtorch: pointers and sizes only.
 // Every op releases the GIL; the argument structs are filled field by field from kernels/cpu.py
-// (a packed linear's once per layer, its rows per call).
+// once per layer (cache, weights), and a call passes its rows' pointers and sizes.
 #include <pybind11/pybind11.h>
 
 #include "ops.h"
@@ -27,8 +27,21 @@ PYBIND11_MODULE(_cpu, m) {
       FIELD(q_stride_h) FIELD(k_stride_t) FIELD(k_stride_h) FIELD(v_stride_t) FIELD(v_stride_h)
       FIELD(interleaved);
 #undef FIELD
-  m.def("rotary_store_kv", &codeinfer::rotary_store_kv, py::call_guard<py::gil_scoped_release>(),
-        py::arg("args"), py::arg("dtype"), py::arg("cache_dtype"));
+  // A layer's template (cache, table: kernels.cpu.RotaryStoreKV) and one call's rows.
+  m.def(
+      "rotary_store_kv",
+      [](const RotaryArgs& layer, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t positions, uintptr_t slot_mapping,
+         int64_t num_tokens, int64_t num_heads, int64_t q_stride_t, int64_t q_stride_h, int64_t k_stride_t,
+         int64_t k_stride_h, int64_t v_stride_t, int64_t v_stride_h, const std::string& dtype,
+         const std::string& cache_dtype) {
+        RotaryArgs a = layer;
+        a.q = q, a.k = k, a.v = v, a.positions = positions, a.slot_mapping = slot_mapping;
+        a.num_tokens = num_tokens, a.num_heads = num_heads;
+        a.q_stride_t = q_stride_t, a.q_stride_h = q_stride_h, a.k_stride_t = k_stride_t, a.k_stride_h = k_stride_h;
+        a.v_stride_t = v_stride_t, a.v_stride_h = v_stride_h;
+        codeinfer::rotary_store_kv(a, dtype, cache_dtype);
+      },
+      py::call_guard<py::gil_scoped_release>());
 
   py::class_<AttentionArgs>(m, "AttentionArgs")
       .def(py::init<>())
@@ -38,8 +51,19 @@ PYBIND11_MODULE(_cpu, m) {
       FIELD(head_dim) FIELD(num_blocks) FIELD(block_size) FIELD(max_blocks_per_seq)
       FIELD(q_stride_t) FIELD(q_stride_h) FIELD(scale) FIELD(window);
 #undef FIELD
-  m.def("paged_attention", &codeinfer::paged_attention, py::call_guard<py::gil_scoped_release>(),
-        py::arg("args"), py::arg("dtype"), py::arg("cache_dtype"));
+  // A layer's template (cache, scale, window: kernels.cpu.PagedAttention) and one call's queries.
+  m.def(
+      "paged_attention",
+      [](const AttentionArgs& layer, uintptr_t q, uintptr_t out, uintptr_t block_tables, uintptr_t seq_lens,
+         uintptr_t cu_seqlens_q, int64_t num_tokens, int64_t num_seqs, int64_t num_heads, int64_t max_blocks_per_seq,
+         int64_t q_stride_t, int64_t q_stride_h, const std::string& dtype, const std::string& cache_dtype) {
+        AttentionArgs a = layer;
+        a.q = q, a.out = out, a.block_tables = block_tables, a.seq_lens = seq_lens, a.cu_seqlens_q = cu_seqlens_q;
+        a.num_tokens = num_tokens, a.num_seqs = num_seqs, a.num_heads = num_heads;
+        a.max_blocks_per_seq = max_blocks_per_seq, a.q_stride_t = q_stride_t, a.q_stride_h = q_stride_h;
+        codeinfer::paged_attention(a, dtype, cache_dtype);
+      },
+      py::call_guard<py::gil_scoped_release>());
 
   py::class_<QuantizeArgs>(m, "QuantizeArgs")
       .def(py::init<>())

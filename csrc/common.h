@@ -128,74 +128,13 @@ inline float exp_neg(float x) {
   return x < -87.0f ? 0.0f : p * scale;
 }
 
-#if defined(__AVX512F__)
-// exp_neg on 16 lanes (same polynomial; lanes below -87, -inf included, give 0).
-inline __m512 exp_neg16(__m512 x) {  // exp_neg, 16 lanes
-  const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f),
-                                                        _mm512_set1_ps(0.5f)),
-                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  const __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
-  return _mm512_mask_mov_ps(y, tiny, _mm512_setzero_ps());
-}
-#endif
-
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-// exp_neg on 8 lanes (AVX2; same polynomial, lanes below -87, -inf included, give 0).
-inline __m256 exp_neg8(__m256 x) {
-  const __m256 xc = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ));
-}
-#endif
-
 // GPT-2's tanh gelu, 0.5 v (1 + tanh(u)) = v * sigmoid(2u), with e = exp(-|2u|) <= 1 so nothing
-// overflows: sigmoid(2u) = 1 / (1 + e) for u >= 0, e / (1 + e) below. gelu_tanh16 is the same on
-// 16 lanes.
+// overflows: sigmoid(2u) = 1 / (1 + e) for u >= 0, e / (1 + e) below (simd::gelu_tanh: on a vector).
 inline float gelu_tanh(float v) {
   const float u2 = 2.0f * 0.7978845608028654f * v * (1.0f + 0.044715f * v * v);
   const float e = exp_neg(-std::fabs(u2));
   return v * (u2 < 0.0f ? e : 1.0f) / (1.0f + e);
 }
-
-#if defined(__AVX512F__)
-// gelu_tanh on 16 lanes, the reciprocal of 1 + e from rcp14 plus one Newton step (~2^-28) instead of
-// a division.
-inline __m512 gelu_tanh16(__m512 v) {
-  const __m512 v2 = _mm512_mul_ps(v, v);
-  const __m512 u2 = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(2.0f * 0.7978845608028654f)),
-                                  _mm512_fmadd_ps(v2, _mm512_set1_ps(0.044715f), _mm512_set1_ps(1.0f)));
-  const __m512 e = exp_neg16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(u2)));
-  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.0f));
-  __m512 r = _mm512_rcp14_ps(d);
-  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-  const __mmask16 negative = _mm512_cmp_ps_mask(u2, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __m512 sig = _mm512_mask_mul_ps(r, negative, e, r);  // u >= 0: 1 / (1 + e); u < 0: e / (1 + e)
-  return _mm512_mul_ps(v, sig);
-}
-#endif
 
 // x through the optional layer norm (fp32 statistics; gamma null: none) into buf [dim] fp32.
 template <typename T>

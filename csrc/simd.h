@@ -36,7 +36,15 @@ inline __mmask16 first(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xff
 // Lanes [0, n) of p, `fill` in the others (nothing past p + n is read).
 inline F load_first(const float* p, int64_t n, float fill) { return _mm512_mask_loadu_ps(set1(fill), first(n), p); }
 inline void store_first(float* p, F a, int64_t n) { _mm512_mask_storeu_ps(p, first(n), a); }
-inline F exp_neg(F x) { return exp_neg16(x); }
+inline F floor(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+inline F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+// 2^n for lanes holding integers n in [-127, 127]: the exponent field built directly.
+inline F pow2(F n) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
+inline F zero_below(F y, F x, float t) {  // y, 0 in the lanes where x < t
+  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, set1(t), _CMP_LT_OQ), _mm512_setzero_ps());
+}
 // Lane j = the sum of d[j]'s lanes, for j < n <= 16 (other lanes 0).
 inline F sum_each(const F* d, int64_t n) {
   alignas(64) float s[16] = {};
@@ -82,7 +90,14 @@ inline F load_first(const float* p, int64_t n, float fill) {
   return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
 }
 inline void store_first(float* p, F a, int64_t n) { _mm256_maskstore_ps(p, first(n), a); }
-inline F exp_neg(F x) { return exp_neg8(x); }
+inline F floor(F a) { return _mm256_floor_ps(a); }
+inline F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+inline F pow2(F n) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+inline F zero_below(F y, F x, float t) {
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, set1(t), _CMP_LT_OQ));
+}
 // Lane j = the sum of d[j]'s lanes, for j < n <= 8 (other lanes 0): a transposing tree of hadds,
 // ~3 instructions per vector instead of a 6-instruction horizontal sum each.
 inline F sum_each(const F* d, int64_t n) {
@@ -98,6 +113,39 @@ inline F sum_each(const F* d, int64_t n) {
 #else
 #define CODEINFER_SIMD 0
 constexpr int64_t kWidth = 0;
+#endif
+
+#if CODEINFER_SIMD
+// exp(x) for x <= 0, every lane: common.h's exp_neg (n = round(x / ln 2), a degree-6 polynomial in
+// the remainder, times 2^n); lanes below -87, -inf included, give 0.
+inline F exp_neg(F x) {
+  const F xc = max(x, set1(-87.0f));
+  const F n = floor(fmadd(xc, set1(1.44269504088896341f), set1(0.5f)));
+  F r = fnmadd(n, set1(0.693359375f), xc);  // x - n ln 2 in two parts, for precision
+  r = fmadd(n, set1(2.12194440e-4f), r);
+  F p = set1(1.9875691500e-4f);
+  p = fmadd(p, r, set1(1.3981999507e-3f));
+  p = fmadd(p, r, set1(8.3334519073e-3f));
+  p = fmadd(p, r, set1(4.1665795894e-2f));
+  p = fmadd(p, r, set1(1.6666665459e-1f));
+  p = fmadd(p, r, set1(5.0000001201e-1f));
+  p = fmadd(mul(p, r), r, add(r, set1(1.0f)));
+  return zero_below(mul(p, pow2(n)), x, -87.0f);
+}
+#endif
+
+#if defined(__AVX512F__)
+// common.h's gelu_tanh on 16 lanes (the AVX-512 GEMM epilogue), the reciprocal of 1 + e from rcp14
+// plus one Newton step (~2^-28) instead of a division.
+inline F gelu_tanh(F v) {
+  const F u2 = mul(mul(v, set1(2.0f * 0.7978845608028654f)), fmadd(mul(v, v), set1(0.044715f), set1(1.0f)));
+  const F e = exp_neg(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(u2)));
+  const F d = add(e, set1(1.0f));
+  F r = _mm512_rcp14_ps(d);
+  r = mul(r, fnmadd(d, r, set1(2.0f)));
+  const __mmask16 negative = _mm512_cmp_ps_mask(u2, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return mul(v, _mm512_mask_mul_ps(r, negative, e, r));  // u >= 0: 1 / (1 + e); u < 0: e / (1 + e)
+}
 #endif
 
 }  // namespace simd

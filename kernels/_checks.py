@@ -7,6 +7,13 @@ from __future__ import annotations
 import torch
 
 
+def check_head_dim(q: torch.Tensor, head_dim: int) -> None:
+    """q: [tokens, heads, head_dim] with the cache's head_dim."""
+    check_shape(q, "q", (None, None, None))
+    if q.shape[2] != head_dim:
+        raise ValueError(f"q: head_dim {q.shape[2]} differs from the k_cache's {head_dim}")
+
+
 def check_shape(t: torch.Tensor, name: str, shape: tuple) -> None:
     """shape entries of None match any size."""
     actual = t.shape
@@ -51,23 +58,8 @@ def check_embedding_shapes(ids, modality, remap, wte, wpe, positions) -> None:
         check_shape(wpe, "wpe", (None, wte.shape[1]))
 
 
-def check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> None:
-    """Shapes and dtypes of rotary_store_kv's arguments that every backend requires (TypeError /
-    ValueError naming the argument); dtype support and devices are each backend's own checks."""
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}")
-    check_shape(q, "q", (None, None, None))
-    num_tokens, _, head_dim = q.shape
-    check_cache(k_cache, v_cache)
-    num_kv_heads = k_cache.shape[2]
-    check_shape(k, "k", (num_tokens, num_kv_heads, head_dim))
-    check_shape(v, "v", (num_tokens, num_kv_heads, head_dim))
-    check_shape(k_cache, "k_cache", (k_cache.shape[0], k_cache.shape[1], num_kv_heads, head_dim))
-    check_shape(positions, "positions", (num_tokens,))
-    check_shape(slot_mapping, "slot_mapping", (num_tokens,))
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_rows(t, name)
+def check_rotary_table(cos_sin, rotary_dim: int, head_dim: int) -> None:
+    """rotary_store_kv's fixed operands beside the cache: the rotated width and its cos/sin table."""
     if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
         raise ValueError(f"rotary_dim: must be even and in [0, head_dim={head_dim}], got {rotary_dim}")
     if rotary_dim > 0:
@@ -76,24 +68,53 @@ def check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache,
         check_shape(cos_sin, "cos_sin", (cos_sin.shape[0], rotary_dim))
 
 
-def check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window) -> None:
-    """Shapes of paged_attention's arguments that every backend requires (ValueError naming the
-    argument); dtype support and devices are each backend's own checks."""
-    check_shape(q, "q", (None, None, None))
-    check_rows(q, "q")
-    num_heads, head_dim = q.shape[1], q.shape[2]
+def check_rotary_rows(q, k, v, positions, slot_mapping, num_kv_heads: int, head_dim: int) -> None:
+    """rotary_store_kv's per-call operands against a cache of num_kv_heads x head_dim."""
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}")
+    check_head_dim(q, head_dim)
+    num_tokens = q.shape[0]
+    check_shape(k, "k", (num_tokens, num_kv_heads, head_dim))
+    check_shape(v, "v", (num_tokens, num_kv_heads, head_dim))
+    check_shape(positions, "positions", (num_tokens,))
+    check_shape(slot_mapping, "slot_mapping", (num_tokens,))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_rows(t, name)
+
+
+def check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> None:
+    """Shapes and dtypes of rotary_store_kv's arguments that every backend requires (TypeError /
+    ValueError naming the argument); dtype support and devices are each backend's own checks."""
     check_cache(k_cache, v_cache)
-    num_kv_heads = k_cache.shape[2]
-    check_shape(k_cache, "k_cache", (k_cache.shape[0], k_cache.shape[1], num_kv_heads, head_dim))
-    if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(f"q: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    check_rotary_table(cos_sin, rotary_dim, k_cache.shape[3])
+    check_rotary_rows(q, k, v, positions, slot_mapping, k_cache.shape[2], k_cache.shape[3])
+
+
+def check_window(window: int) -> None:
+    if window < 0:
+        raise ValueError(f"window: must be >= 0, got {window}")
+
+
+def check_attention_rows(q, block_tables, seq_lens, cu_seqlens_q, num_kv_heads: int, head_dim: int) -> None:
+    """paged_attention's per-call operands against a cache of num_kv_heads x head_dim."""
+    check_head_dim(q, head_dim)
+    check_rows(q, "q")
+    if num_kv_heads == 0 or q.shape[1] % num_kv_heads:
+        raise ValueError(f"q: num_heads={q.shape[1]} is not a multiple of num_kv_heads={num_kv_heads}")
     if block_tables.dim() != 2:
         raise ValueError(f"block_tables: expected shape [num_seqs, max_blocks], got {list(block_tables.shape)}")
     num_seqs = block_tables.shape[0]
     check_shape(seq_lens, "seq_lens", (num_seqs,))
     check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
-    if window < 0:
-        raise ValueError(f"window: must be >= 0, got {window}")
+
+
+def check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window) -> None:
+    """Shapes of paged_attention's arguments that every backend requires (ValueError naming the
+    argument); dtype support and devices are each backend's own checks."""
+    check_cache(k_cache, v_cache)
+    check_window(window)
+    check_attention_rows(q, block_tables, seq_lens, cu_seqlens_q, k_cache.shape[2], k_cache.shape[3])
 
 
 def check_cache_scales(k_cache, v_cache, k_scale, v_scale) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from kernels import _cpu
-from kernels._checks import (check_attention_args, check_cache_scales, check_device,
-                             check_embedding_shapes, check_rotary_args)
+from kernels._checks import (check_attention_rows, check_cache, check_cache_scales, check_device,
+                             check_embedding_shapes, check_rotary_rows, check_rotary_table, check_window)
 
 _CPU = torch.device("cpu")
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
@@ -58,48 +58,113 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _check_cache(k_cache, v_cache, k_scale, v_scale) -> None:
+    """A layer's KV cache as the C++ ops take it: contiguous fp32 / bf16 / int8 (+ fp32 scales)."""
+    check_device(_CPU, k_cache=k_cache, v_cache=v_cache)
+    check_cache(k_cache, v_cache)
+    if k_cache.dtype not in _CACHE_DTYPES:
+        raise TypeError(f"k_cache: the CPU kernels take float32, bfloat16 or int8 caches, got {k_cache.dtype}")
+    check_cache_scales(k_cache, v_cache, k_scale, v_scale)
+
+
+class RotaryStoreKV:
+    """rotary_store_kv with one layer's fixed operands (cos/sin table, rotary width, KV cache and its
+    scales) checked once and held in the C++ argument template; a call passes one step's rows:
+    `op(q, k, v, positions, slot_mapping)` (see kernels.reference.rotary_store_kv)."""
+
+    __slots__ = ("num_kv_heads", "head_dim", "_args", "_cache_dtype", "_operands")
+
+    def __init__(self, cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None = None,
+                 v_scale: torch.Tensor | None = None):
+        _check_cache(k_cache, v_cache, k_scale, v_scale)
+        self.num_kv_heads, self.head_dim = k_cache.shape[2], k_cache.shape[3]
+        if cos_sin is not None:
+            check_device(_CPU, cos_sin=cos_sin)
+        check_rotary_table(cos_sin, rotary_dim, self.head_dim)
+        a = _cpu.RotaryArgs()
+        if rotary_dim > 0:
+            cos_sin = cos_sin.contiguous()
+            a.cos_sin, a.max_positions = cos_sin.data_ptr(), cos_sin.shape[0]
+        a.k_cache, a.v_cache, a.k_scale, a.v_scale = k_cache.data_ptr(), v_cache.data_ptr(), _ptr(k_scale), _ptr(v_scale)
+        a.num_kv_heads, a.head_dim, a.rotary_dim, a.interleaved = self.num_kv_heads, self.head_dim, rotary_dim, bool(interleaved)
+        a.num_blocks, a.block_size = k_cache.shape[0], k_cache.shape[1]
+        self._args, self._cache_dtype = a, _CACHE_DTYPES[k_cache.dtype]
+        self._operands = (cos_sin, k_cache, v_cache, k_scale, v_scale)  # alive as long as the pointers
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                 slot_mapping: torch.Tensor) -> None:
+        """q: [tokens, heads, head_dim], k, v: [tokens, kv_heads, head_dim] (strided views with a
+        dense last dim are fine; rotated in place); positions, slot_mapping: [tokens]."""
+        check_device(_CPU, q=q, k=k, v=v, positions=positions, slot_mapping=slot_mapping)
+        dtype = _dtype_name(q, "q")
+        check_rotary_rows(q, k, v, positions, slot_mapping, self.num_kv_heads, self.head_dim)
+        positions, slot_mapping = _i64(positions), _i64(slot_mapping)
+        qs, ks, vs = q.stride(), k.stride(), v.stride()
+        _cpu.rotary_store_kv(self._args, q.data_ptr(), k.data_ptr(), v.data_ptr(), positions.data_ptr(),
+                             slot_mapping.data_ptr(), q.shape[0], q.shape[1], qs[0], qs[1], ks[0], ks[1],
+                             vs[0], vs[1], dtype, self._cache_dtype)
+
+
+class PagedAttention:
+    """paged_attention with one layer's fixed operands (KV cache and its scales, scale, window)
+    checked once and held in the C++ argument template; a call passes one step's queries and
+    metadata: `op(q, block_tables, seq_lens, cu_seqlens_q)` (see kernels.reference.paged_attention)."""
+
+    __slots__ = ("num_kv_heads", "head_dim", "_args", "_cache_dtype", "_operands")
+
+    def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, window: int = 0,
+                 k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None):
+        _check_cache(k_cache, v_cache, k_scale, v_scale)
+        check_window(window)
+        self.num_kv_heads, self.head_dim = k_cache.shape[2], k_cache.shape[3]
+        a = _cpu.AttentionArgs()
+        a.k_cache, a.v_cache, a.k_scale, a.v_scale = k_cache.data_ptr(), v_cache.data_ptr(), _ptr(k_scale), _ptr(v_scale)
+        a.num_kv_heads, a.head_dim = self.num_kv_heads, self.head_dim
+        a.num_blocks, a.block_size = k_cache.shape[0], k_cache.shape[1]
+        a.scale, a.window = float(scale), int(window)
+        self._args, self._cache_dtype = a, _CACHE_DTYPES[k_cache.dtype]
+        self._operands = (k_cache, v_cache, k_scale, v_scale)
+
+    def __call__(self, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                 cu_seqlens_q: torch.Tensor) -> torch.Tensor:
+        """q: [tokens, heads, head_dim] (a strided view with a dense last dim is fine) -> a new
+        contiguous [tokens, heads, head_dim] tensor in q's dtype."""
+        check_device(_CPU, q=q, block_tables=block_tables, seq_lens=seq_lens, cu_seqlens_q=cu_seqlens_q)
+        dtype = _dtype_name(q, "q")
+        check_attention_rows(q, block_tables, seq_lens, cu_seqlens_q, self.num_kv_heads, self.head_dim)
+        block_tables, seq_lens, cu_seqlens_q = _i32(block_tables), _i32(seq_lens), _i32(cu_seqlens_q)
+        num_tokens, num_heads, head_dim = q.shape
+        out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype)
+        qs = q.stride()
+        _cpu.paged_attention(self._args, q.data_ptr(), out.data_ptr(), block_tables.data_ptr(), seq_lens.data_ptr(),
+                             cu_seqlens_q.data_ptr(), num_tokens, block_tables.shape[0], num_heads,
+                             block_tables.shape[1], qs[0], qs[1], dtype, self._cache_dtype)
+        return out
+
+
+def bind_rotary_store_kv(cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
+                         k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None = None,
+                         v_scale: torch.Tensor | None = None) -> RotaryStoreKV:
+    """rotary_store_kv with a layer's fixed operands bound: f(q, k, v, positions, slot_mapping)."""
+    return RotaryStoreKV(cos_sin, rotary_dim, interleaved, k_cache, v_cache, k_scale, v_scale)
+
+
+def bind_paged_attention(k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, window: int = 0,
+                         k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> PagedAttention:
+    """paged_attention with a layer's fixed operands bound: f(q, block_tables, seq_lens, cu_seqlens_q)."""
+    return PagedAttention(k_cache, v_cache, scale, window, k_scale, v_scale)
+
+
 def rotary_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     cos_sin: torch.Tensor | None, rotary_dim: int, interleaved: bool,
                     k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
     """See kernels.reference.rotary_store_kv. q, k, v may be strided views ([tokens, heads, dim]
-    with a dense last dim); they are rotated in place. Caches: contiguous, fp32, bf16 or int8."""
-    _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
-    check_cache_scales(k_cache, v_cache, k_scale, v_scale)
-    num_tokens, _, head_dim = q.shape
-    num_kv_heads = k_cache.shape[2]
-    a = _cpu.RotaryArgs()
-    if rotary_dim > 0:
-        cos_sin = cos_sin.contiguous()
-        a.cos_sin, a.max_positions = cos_sin.data_ptr(), cos_sin.shape[0]
-    positions, slot_mapping = _i64(positions), _i64(slot_mapping)
-    a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    a.positions, a.slot_mapping = positions.data_ptr(), slot_mapping.data_ptr()
-    a.k_cache, a.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
-    a.num_tokens, a.num_heads, a.num_kv_heads, a.head_dim = num_tokens, q.shape[1], num_kv_heads, head_dim
-    a.rotary_dim, a.interleaved = rotary_dim, bool(interleaved)
-    a.num_blocks, a.block_size = k_cache.shape[0], k_cache.shape[1]
-    a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
-    a.k_stride_t, a.k_stride_h = k.stride(0), k.stride(1)
-    a.v_stride_t, a.v_stride_h = v.stride(0), v.stride(1)
-    a.k_scale, a.v_scale = _ptr(k_scale), _ptr(v_scale)
-    _cpu.rotary_store_kv(a, _DTYPES[q.dtype], _CACHE_DTYPES[k_cache.dtype])
-
-
-def _rotary_checks(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping) -> None:
-    """The argument checks of rotary_store_kv; raise TypeError / ValueError naming the argument."""
-    check_device(_CPU, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, positions=positions,
-                 slot_mapping=slot_mapping)
-    if cos_sin is not None:
-        check_device(_CPU, cos_sin=cos_sin)
-    _dtype_name(q, "q")
-    check_rotary_args(q, k, v, positions, cos_sin, rotary_dim, k_cache, v_cache, slot_mapping)
-    _check_cache_dtype(k_cache)
-
-
-def _check_cache_dtype(k_cache: torch.Tensor) -> None:
-    if k_cache.dtype not in _CACHE_DTYPES:
-        raise TypeError(f"k_cache: the CPU kernels take float32, bfloat16 or int8 caches, got {k_cache.dtype}")
+    with a dense last dim); they are rotated in place. Caches: contiguous, fp32, bf16 or int8.
+    A layer binds its fixed operands once instead (bind_rotary_store_kv)."""
+    RotaryStoreKV(cos_sin, rotary_dim, interleaved, k_cache, v_cache, k_scale, v_scale)(q, k, v, positions,
+                                                                                        slot_mapping)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -107,35 +172,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     cu_seqlens_q: torch.Tensor, scale: float, window: int = 0,
                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """See kernels.reference.paged_attention. q may be a strided view with a dense last dim;
-    returns a contiguous [num_tokens, num_heads, head_dim] tensor in q's dtype."""
-    _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
-    check_cache_scales(k_cache, v_cache, k_scale, v_scale)
-    num_tokens, num_heads, head_dim = q.shape
-    num_kv_heads = k_cache.shape[2]
-    num_seqs = block_tables.shape[0]
-    block_tables, seq_lens, cu_seqlens_q = _i32(block_tables), _i32(seq_lens), _i32(cu_seqlens_q)
-    out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype)
-    a = _cpu.AttentionArgs()
-    a.q, a.k_cache, a.v_cache, a.out = q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr()
-    a.block_tables, a.seq_lens = block_tables.data_ptr(), seq_lens.data_ptr()
-    a.cu_seqlens_q = cu_seqlens_q.data_ptr()
-    a.num_tokens, a.num_seqs, a.num_heads, a.num_kv_heads = num_tokens, num_seqs, num_heads, num_kv_heads
-    a.head_dim, a.num_blocks, a.block_size = head_dim, k_cache.shape[0], k_cache.shape[1]
-    a.max_blocks_per_seq = block_tables.shape[1]
-    a.q_stride_t, a.q_stride_h = q.stride(0), q.stride(1)
-    a.scale, a.window = float(scale), int(window)
-    a.k_scale, a.v_scale = _ptr(k_scale), _ptr(v_scale)
-    _cpu.paged_attention(a, _DTYPES[q.dtype], _CACHE_DTYPES[k_cache.dtype])
-    return out
-
-
-def _attention_checks(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window) -> None:
-    """The argument checks of paged_attention; raise TypeError / ValueError naming the argument."""
-    check_device(_CPU, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens,
-                 cu_seqlens_q=cu_seqlens_q)
-    _dtype_name(q, "q")
-    check_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, window)
-    _check_cache_dtype(k_cache)
+    returns a contiguous [num_tokens, num_heads, head_dim] tensor in q's dtype. A layer binds its
+    fixed operands once instead (bind_paged_attention)."""
+    return PagedAttention(k_cache, v_cache, scale, window, k_scale, v_scale)(q, block_tables, seq_lens, cu_seqlens_q)
 
 
 def _check_rows_2d(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:

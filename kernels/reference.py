@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels._bind import closure_binders
+
 
 def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
                     wte: torch.Tensor, wpe: torch.Tensor | None,
@@ -256,3 +258,6 @@ def bind_bf16_linear(packed: torch.Tensor, in_features: int, out_features: int, 
         return bf16_linear(x, packed, out_features, bias, residual, act_start, gamma, beta, eps,
                            out_dtype or x_dtype)
     return linear
+
+
+bind_rotary_store_kv, bind_paged_attention = closure_binders(rotary_store_kv, paged_attention)

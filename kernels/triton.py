@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._bind import closure_binders
 from kernels._checks import (check_attention_args, check_device, check_embedding_shapes,
                              check_rotary_args)
 
@@ -303,3 +304,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1], WINDOW=int(window), BLOCK_M=block_m,
         BLOCK_N=32, BLOCK_D=max(triton.next_power_of_2(head_dim), 16), IEEE=ieee)
     return out
+
+
+bind_rotary_store_kv, bind_paged_attention = closure_binders(rotary_store_kv, paged_attention)

@@ -50,19 +50,34 @@ class PagedAttention(nn.Module):
         self.v_cache: torch.Tensor | None = None
         self.k_scale: torch.Tensor | None = None  # int8 cache: [num_blocks, block_size, num_heads]
         self.v_scale: torch.Tensor | None = None
+        # The backend's two ops bound to this layer's cache and constants (see bind_cache).
+        self._store_kv = self._attend = self._bound_cos_sin = None
+
+    def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None = None,
+                   v_scale: torch.Tensor | None = None) -> None:
+        """This layer's views of the KV cache (and of an int8 cache's scales)."""
+        self.k_cache, self.v_cache, self.k_scale, self.v_scale = k_cache, v_cache, k_scale, v_scale
+        self._store_kv = self._attend = self._bound_cos_sin = None
+
+    def _bind(self, cos_sin: torch.Tensor | None) -> None:
+        # Once per cache (and rotary table): the C++ backend checks these operands here, not per step.
+        scales = {"k_scale": self.k_scale, "v_scale": self.v_scale}
+        self._store_kv = self.ops.bind_rotary_store_kv(cos_sin, self.rotary_dim, self.interleaved, self.k_cache,
+                                                       self.v_cache, **scales)
+        self._attend = self.ops.bind_paged_attention(self.k_cache, self.v_cache, self.scale, self.window, **scales)
+        self._bound_cos_sin = cos_sin
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
                 cos_sin: torch.Tensor | None, last: bool = False) -> torch.Tensor:
         """q, k, v: [num_tokens, num_heads, head_dim], dense last dim (views of the fused qkv are
         fine), rotated in place. last: attend from meta.last_rows only (every row's K, V stored)."""
-        scales = {} if self.k_scale is None else {"k_scale": self.k_scale, "v_scale": self.v_scale}
-        self.ops.rotary_store_kv(q, k, v, meta.positions, cos_sin, self.rotary_dim,
-                                 self.interleaved, self.k_cache, self.v_cache, meta.slot_mapping, **scales)
+        if self._store_kv is None or cos_sin is not self._bound_cos_sin:
+            self._bind(cos_sin)
+        self._store_kv(q, k, v, meta.positions, meta.slot_mapping)
         cu_seqlens_q = meta.cu_seqlens_q
         if last:
             q, cu_seqlens_q = q[meta.last_rows], meta.last_cu_seqlens_q
-        return self.ops.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables,
-                                        meta.seq_lens, cu_seqlens_q, self.scale, self.window, **scales)
+        return self._attend(q, meta.block_tables, meta.seq_lens, cu_seqlens_q)
 
 
 class SelfAttention(nn.Module):

@@ -68,10 +68,8 @@ class KVCache:
     def bind(self, layers) -> None:
         """Give each layer's attention its views of the cache (and of the scales)."""
         for i, layer in enumerate(layers):
-            attn = layer.attn.attn
-            attn.k_cache, attn.v_cache = self.kv[i, 0], self.kv[i, 1]
-            if self.scale is not None:
-                attn.k_scale, attn.v_scale = self.scale[i, 0], self.scale[i, 1]
+            scales = (None, None) if self.scale is None else (self.scale[i, 0], self.scale[i, 1])
+            layer.attn.attn.bind_cache(self.kv[i, 0], self.kv[i, 1], *scales)
 
     def copy_blocks(self, block_copies: list[tuple[int, int]]) -> None:
         """Copy-on-write of blocks shared by forked samples: (src, dst) in every layer."""

@@ -9,14 +9,10 @@ import torch
 
 from kernel_helpers import assert_close, filled_caches, nan_poisoned_empty, random_block_tables
 from kernels import reference
+from tests.kernels.cases import ATTENTION_CASES
 
-# (name, [(seq_len, q_len), ...], block_size, num_heads, num_kv_heads, head_dim, window, scale)
-CPU_CASES = [
-    ("decode", [(1, 1), (7, 1), (97, 1), (300, 1), (256, 1)], 16, 4, 4, 64, 0, 0.125),
-    ("prefill_window", [(1, 1), (7, 7), (97, 97), (300, 300)], 8, 2, 2, 80, 256, 1.0),
-    ("mixed_chunked", [(300, 45), (97, 1), (5, 0), (7, 7), (300, 1)], 32, 3, 3, 32, 256, None),
-    ("gqa", [(97, 97), (40, 1), (33, 20)], 16, 4, 2, 128, 0, None),
-    ("small_window", [(97, 97), (300, 1), (300, 30)], 16, 2, 2, 64, 16, 1.0),
+# ATTENTION_CASES (every backend, and benchmarks/gpu_check.py on a GPU), then the C++ paths' own
+CPU_CASES = ATTENTION_CASES + [
     ("tiny_window", [(40, 40), (23, 1), (30, 9)], 8, 2, 2, 32, 5, 1.0),  # window < query tile
     # head_dim 64 / 128 take the bf16 vdpbf16ps paths: blocks of 32 keys, windows inside a tile
     ("prefill_block32", [(97, 97), (45, 20), (300, 1)], 32, 2, 2, 64, 0, None),

@@ -122,3 +122,19 @@ def test_logits_fp32_undoes_bf16_output_rounding():
     assert (out - exact).abs().max() < 0.05  # the rest: bf16 rounding only
     int8_out = logits_fp32(Int8Linear.from_linear(head, torch.float32), norm, hidden)
     assert int8_out.dtype == torch.float32 and _relative_error(int8_out, exact) < 0.03
+
+
+def test_packed_linear_rebinds_after_apply():
+    """A packed linear binds its operands per (input dtype, norm) once; moving the module's tensors
+    (nn.Module._apply: .to(), .float(), ...) drops those bindings, so the next call uses the new ones."""
+    linear = Int8Linear(torch.randn(24, 40), torch.randn(24).bfloat16())
+    norm = nn.LayerNorm(40).bfloat16()
+    x = torch.randn(3, 40).bfloat16()
+    before = linear(x, norm=norm)
+    assert len(linear._bound) == 1 and linear(x, norm=norm) is not before and len(linear._bound) == 1
+    linear._apply(lambda t: t.clone())
+    assert not linear._bound
+    torch.testing.assert_close(linear(x, norm=norm), before, atol=0, rtol=0)
+    linear.packed_weight.zero_()  # in place: the binding reads the module's current tensors
+    linear.colsum.zero_()
+    torch.testing.assert_close(linear(x, norm=norm), linear.bias.expand(3, 24), atol=0, rtol=0)
