@@ -11,7 +11,8 @@
 //         columns, so one vpdpbusd multiplies a broadcast word of 4 activation bytes with 16
 //         columns' 4 weights and adds into 16 int32 lanes;
 //         colsum: [P * 16] int32, sum_k w[n, k]: sum_k (xa - 128) w = sum_k xa w - 128 colsum (exact);
-//         v = float(acc[m, n]) * w_scales[n] * x_scales[m]
+//         v = float(acc[m, n]) * w_scales[n] * x_scales[m]; the AVX2 path (no VNNI) sums signed
+//         a x w instead (split_signs), which needs no colsum
 //   bf16: xa = [M, 2 Kw] bf16 activations (the normed row rounded to bf16); packed: [P, Kw, 16, 2]
 //         bf16, Kw = ceil(K / 2), packed[p, k2, c, i] = w[16 p + c, 2 k2 + i]; one vdpbf16ps adds
 //         16 columns' products of a broadcast pair into 16 fp32 lanes; v = acc[m, n] (fp32 sums
@@ -37,6 +38,7 @@
 
 #include "common.h"
 #include "ops.h"
+#include "simd.h"
 
 namespace codeinfer {
 namespace {
@@ -51,6 +53,7 @@ struct Gemm {
   using T = TOut;
   static constexpr bool kInt8 = kInt8Kind;
   const uint8_t* x;         // [M, 4 Kw] bytes: the prepared activations
+  const uint8_t* x_abs;     // int8 on AVX2: [M, 4 Kw] |a| (x then holds a, signed)
   const float* x_scales;    // int8: [M]
   const uint8_t* w;         // [P, Kw, 16] words
   const int32_t* colsum;    // int8: [16 P]
@@ -61,7 +64,18 @@ struct Gemm {
   int64_t M, N, K, Kw, P, res_stride, out_stride, act_start;
 };
 
+// The AVX2 int8 panels' operands (kSignedRows): a row's signed activations (xa - 128, in place) and
+// their absolute values, from quantize_row's xa (the padding words past K meet zero weights).
+inline void split_signs(uint8_t* row, uint8_t* abs_row, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int8_t a = static_cast<int8_t>(row[i] ^ 0x80u);
+    row[i] = static_cast<uint8_t>(a);
+    abs_row[i] = static_cast<uint8_t>(a < 0 ? -a : a);
+  }
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+constexpr bool kSignedRows = false;
 inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
 inline __m512 load16(const bf16* p, __mmask16 mask) {
   const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
@@ -131,7 +145,7 @@ void tile(const G& g, int64_t m0, int64_t p0, const uint8_t* prefetch) {
         v = _mm512_castsi512_ps(_mm512_load_si512(sums[m][t]));
       }
       v = _mm512_add_ps(v, bias);
-      if (act) v = _mm512_mask_mov_ps(v, act, gelu_tanh16(v));
+      if (act) v = _mm512_mask_mov_ps(v, act, simd::gelu_tanh(v));
       if (g.residual) v = _mm512_add_ps(v, load16(g.residual + row * g.res_stride + n0, mask));
       store16(g.out + row * g.out_stride + n0, v, mask);
     }
@@ -197,12 +211,13 @@ inline float dequantize(const G& g, int64_t m, int64_t n, int32_t acc) {
 
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 path (no VNNI, no bf16 dot products): a panel's 16 columns as two halves of 8, each k word
-// of a half one 32-byte load. int8: the 4 weight bytes of 4 columns widen to 16 int16 lanes and
-// vpmaddwd multiplies them with the row's 4 activation bytes (widened and repeated), leaving pair
-// sums per column in 8 int32 lanes (exact: |255 x 128 x 2| < 2^31); vphaddd and a lane permute
-// give the 8 columns' sums at the end. bf16: a word's low and high halves become fp32 by shifts,
-// one FMA each with the broadcast activation pair.
-constexpr int kAvx2Rows = 2;
+// of a half one 32-byte load (8 columns x 4 bytes). int8: the prepared rows hold the signed
+// activations a (xa - 128) and, in x_abs, |a|; vpmaddubsw multiplies |a| (unsigned) with
+// sign(a) * w (vpsignb) and adds pairs into int16 (exact: |a|, |w| <= 127, 2 x 127 x 127 < 2^15),
+// vpmaddwd with ones adds those pairs into each column's int32 lane: 4 instructions per 32 products,
+// and the sums are the columns' in lane order. bf16: a word's low and high halves become fp32 by
+// shifts, one FMA each with the broadcast activation pair.
+constexpr int kAvx2Rows = 4;
 
 template <typename G, int MT>
 void panel_avx2(const G& g, int64_t m0, int64_t p) {
@@ -211,30 +226,29 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
   const uint8_t* x = g.x + m0 * x_stride;
   alignas(32) float sums[MT][16];
   if constexpr (G::kInt8) {
-    __m256i acc[MT][4];  // [row][columns 0-3, 4-7, 8-11, 12-15]: pair sums
-    for (int m = 0; m < MT; ++m)
-      for (int q = 0; q < 4; ++q) acc[m][q] = _mm256_setzero_si256();
+    const uint8_t* x_abs = g.x_abs + m0 * x_stride;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MT][2];  // [row][columns 0-7, 8-15]
+    for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
     for (int64_t kw = 0; kw < Kw; ++kw) {
-      __m256i b[4];
-      for (int q = 0; q < 4; ++q)
-        b[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + kw * 64 + 16 * q)));
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kw * 64));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kw * 64 + 32));
       for (int m = 0; m < MT; ++m) {
-        const __m256i a = _mm256_cvtepu8_epi16(
-            _mm_set1_epi32(*reinterpret_cast<const int32_t*>(x + m * x_stride + 4 * kw)));
-        for (int q = 0; q < 4; ++q) acc[m][q] = _mm256_add_epi32(acc[m][q], _mm256_madd_epi16(a, b[q]));
+        const __m256i a = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(x + m * x_stride + 4 * kw));
+        const __m256i u = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(x_abs + m * x_stride + 4 * kw));
+        acc[m][0] = _mm256_add_epi32(acc[m][0], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w0, a)), ones));
+        acc[m][1] = _mm256_add_epi32(acc[m][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, a)), ones));
       }
     }
-    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-    for (int m = 0; m < MT; ++m)
-      for (int h = 0; h < 2; ++h) {
-        const __m256i col = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[m][2 * h], acc[m][2 * h + 1]), order);
-        alignas(32) int32_t ints[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(ints), col);
-        for (int c = 0; c < 8; ++c) {
-          const int64_t n = p * 16 + 8 * h + c;
-          sums[m][8 * h + c] = n < g.N ? dequantize(g, m0 + m, n, ints[c]) : 0.0f;
-        }
+    for (int m = 0; m < MT; ++m) {
+      alignas(32) int32_t ints[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(ints), acc[m][0]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(ints + 8), acc[m][1]);
+      for (int c = 0; c < 16; ++c) {
+        const int64_t n = p * 16 + c;
+        sums[m][c] = n < g.N ? static_cast<float>(ints[c]) * g.w_scales[n] * g.x_scales[m0 + m] : 0.0f;
       }
+    }
   } else {
     __m256 acc[MT][2];  // [row][columns 0-7, 8-15]
     for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
@@ -261,6 +275,8 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
     for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) finish(g, m0 + m, p * 16 + c, sums[m][c]);
 }
 
+constexpr bool kSignedRows = true;  // the int8 panels take split_signs' rows
+
 // Panels are the items (a panel's 16 K-long columns stay in L1/L2 while every row passes).
 template <typename G>
 void gemm_items(const G& g) {
@@ -268,10 +284,11 @@ void gemm_items(const G& g) {
   for (int64_t p = 0; p < g.P; ++p) {
     int64_t m0 = 0;
     for (; m0 + kAvx2Rows <= g.M; m0 += kAvx2Rows) panel_avx2<G, kAvx2Rows>(g, m0, p);
-    if (m0 < g.M) panel_avx2<G, 1>(g, m0, p);
+    for (; m0 < g.M; ++m0) panel_avx2<G, 1>(g, m0, p);
   }
 }
 #else
+constexpr bool kSignedRows = false;
 // Portable path: the same sums over the packed layout, one output element at a time.
 template <typename G>
 void gemm_items(const G& g) {
@@ -320,11 +337,14 @@ void linear_impl(const PackedLinearArgs& a) {
   // names would mean each thread's own, empty, instances).
   thread_local std::vector<uint8_t> xa_buf;  // [M, 4 Kw] bytes
   thread_local std::vector<float> scale_buf;
+  thread_local std::vector<uint8_t> abs_buf;  // kSignedRows: [M, 4 Kw] |a|
   if (xa_buf.size() < static_cast<size_t>(M * 4 * Kw)) xa_buf.resize(M * 4 * Kw);
+  if (kInt8 && kSignedRows && abs_buf.size() < static_cast<size_t>(M * 4 * Kw)) abs_buf.resize(M * 4 * Kw);
   if (scale_buf.size() < static_cast<size_t>(M)) scale_buf.resize(M);
   uint8_t* xa = xa_buf.data();
   float* x_scales = scale_buf.data();
-  const Gemm<T, kInt8> g{xa, x_scales, reinterpret_cast<const uint8_t*>(a.packed),
+  uint8_t* x_abs = abs_buf.data();
+  const Gemm<T, kInt8> g{xa, x_abs, x_scales, reinterpret_cast<const uint8_t*>(a.packed),
                          reinterpret_cast<const int32_t*>(a.colsum), reinterpret_cast<const float*>(a.w_scales),
                          reinterpret_cast<const T*>(a.bias), reinterpret_cast<const T*>(a.residual),
                          reinterpret_cast<T*>(a.out), M, a.out_features, K, Kw, (a.out_features + 15) / 16,
@@ -341,6 +361,7 @@ void linear_impl(const PackedLinearArgs& a) {
       uint8_t* row = xa + m * 4 * Kw;
       if constexpr (kInt8) {
         quantize_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K, row, x_scales + m);
+        if constexpr (kSignedRows) split_signs(row, x_abs + m * 4 * Kw, K);
       } else {
         norm_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K);
         store_row(buf.data(), reinterpret_cast<bf16*>(row), K);
