@@ -26,15 +26,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible completion server",
         description="Serve POST /v1/completions, GET /v1/models, /health and /metrics.")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default: 127.0.0.1, which only this machine can reach; "
+                        "0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for their first token before new ones get 503")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may run after SIGTERM before being aborted")
     p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="the least severe messages logged")
     EngineArgs.add_cli_args(p)
     p.set_defaults(func=run)
 
