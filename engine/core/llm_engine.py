@@ -20,7 +20,7 @@ from engine.core.sampling_params import SamplingParams
 from engine.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Request
-from engine.engine_args import EngineArgs
+from engine.engine_args import DEFAULT_MODEL, EngineArgs
 from engine.tokenizer import Tokenizer
 from engine.vocab import Vocabulary, load_vocabulary
 from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
@@ -28,7 +28,6 @@ from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtyp
 logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL = "codegen-tiny-py"
 
 
 def default_model_dir() -> Path:
@@ -45,6 +44,7 @@ class LLMEngine:
         model_dir = Path(args.model) if args.model is not None else default_model_dir()
         self.config = load_config(model_dir)
         self.model_name = model_dir.resolve().name
+        self.served_model_names = args.served_model_names()
         tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
         self.vocab = vocab or load_vocabulary(model_dir, tokenizer, self.config.vocab_size)
         if self.vocab.eos_token_id is not None:  # CodeCLM generates up to <eot>

@@ -25,12 +25,14 @@ _ANSWER_GRACE_S = 3.0
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible completion server",
-        description="Serve POST /v1/completions, GET /v1/models, /health and /metrics.")
+        description="Serve POST /v1/completions, /tokenize and /detokenize, GET /v1/models, "
+                    "/version, /health, /metrics and the OpenAPI page (/docs).")
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address (default: 127.0.0.1, which only this machine can reach; "
                         "0.0.0.0: every network)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for their first token before new ones get 503")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
