@@ -6,6 +6,7 @@ the RequestOutputs."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ class LLMEngine:
     def __init__(self, model: str | None = None, *, vocab: Vocabulary | None = None, **options):
         """options: the other fields of EngineArgs (engine/engine_args.py). vocab: the checkpoint's
         vocabulary (None: read from the checkpoint; CodeCLM's modality-separated one is found there)."""
+        start = time.perf_counter()
         args = EngineArgs(model=model, **options)
         self.num_threads = args.num_threads
         self.use_threads()
@@ -64,10 +66,24 @@ class LLMEngine:
         self.input_processor = InputProcessor(self.config, tokenizer, self.vocab, args.seed)
         self.output_processor = OutputProcessor(tokenizer.eos_token_id)
         self.requests: dict[str, Request] = {}
-        logger.info("%s on %s: dtype %s%s, KV cache %s in %d blocks of %d tokens, attention backend %s",
-                    self.model_name, self.device, str(self.dtype).removeprefix("torch."),
-                    " (auto)" if args.dtype == "auto" else "", args.kv_cache_dtype, self.runner.num_kv_blocks,
-                    args.block_size, args.attention_backend)
+        self._log_summary(args, time.perf_counter() - start)
+
+    def _log_summary(self, args: EngineArgs, load_seconds: float) -> None:
+        """One INFO line of what was built, with the choices "auto" made resolved."""
+        def chosen(value, option: str) -> str:
+            return f"{value} (auto)" if option == "auto" else str(value)
+
+        kv_bytes = self.runner.num_kv_blocks * self.runner.block_bytes()
+        backend = self.runner.ops.__name__.rsplit(".", 1)[-1].replace("reference", "torch")
+        logger.info(
+            "Loaded %s (%s) in %.2f s on %s: dtype %s, KV cache %s, %d blocks of %d tokens "
+            "(%.2f GiB), max context %d tokens, threads %d, attention backend %s",
+            args.model or DEFAULT_MODEL, self.config.architecture, load_seconds, self.device,
+            chosen(str(self.dtype).removeprefix("torch."), args.dtype),
+            chosen(str(self.runner.kv_dtype).removeprefix("torch."), args.kv_cache_dtype),
+            self.runner.num_kv_blocks, args.block_size, kv_bytes / 2 ** 30,
+            self.config.max_position_embeddings, torch.get_num_threads(),
+            chosen(backend, args.attention_backend))
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, vocab: Vocabulary | None = None) -> LLMEngine:

@@ -6,6 +6,7 @@ anything unexpected a 500, and the engine thread survives both.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.entrypoints.server import openapi
 from engine.entrypoints.server.body import BodyReader
 from engine.entrypoints.server.completions import INTERNAL_ERROR, CompletionHandler
+from engine.entrypoints.server.logs import STATS_INTERVAL_S, AccessLogMiddleware, StatLogger
 from engine.entrypoints.server.metrics import CONTENT_TYPE, ServerMetrics
 from engine.entrypoints.server.models import ServedModels
 from engine.entrypoints.server.protocol import (APIError, CompletionRequest, DetokenizeRequest,
@@ -36,13 +38,18 @@ _KEYED_PATHS = ("/tokenize", "/detokenize")
 
 
 def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0.0,
-              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+              max_body_bytes: int = MAX_BODY_BYTES, log_requests: bool = True,
+              stats_interval: float | None = STATS_INTERVAL_S) -> FastAPI:
     """The server app around a (not yet started) AsyncLLM; the app's lifespan starts it and
     shuts it down (letting in-flight requests run for up to `shutdown_timeout` s). Request
-    bodies over `max_body_bytes` are refused with 413 as soon as that many have arrived."""
+    bodies over `max_body_bytes` are refused with 413 as soon as that many have arrived.
+    log_requests: an access line per request; stats_interval: seconds between engine stats
+    lines while busy (None: none)."""
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty: an empty key would let in any empty "
                          "bearer token (pass None to serve without a key)")
+    if stats_interval is not None and not stats_interval > 0:
+        raise ValueError(f"stats_interval must be > 0 seconds or None, got {stats_interval!r}")
     models = ServedModels(async_llm.engine)
     metrics = ServerMetrics(async_llm)
     handler = CompletionHandler(async_llm, metrics, models)
@@ -52,7 +59,12 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async_llm.start()
+        stats = None
+        if stats_interval is not None:
+            stats = asyncio.ensure_future(StatLogger(async_llm, metrics, stats_interval).run())
         yield
+        if stats is not None:
+            stats.cancel()
         await async_llm.shutdown(timeout=shutdown_timeout)
         await bodies.close()
 
@@ -64,6 +76,8 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
 
     if api_key is not None:
         app.add_middleware(_APIKeyMiddleware, api_key=api_key, metrics=metrics)
+    if log_requests:  # outermost: it logs the 401s too
+        app.add_middleware(AccessLogMiddleware)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):

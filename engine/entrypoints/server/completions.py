@@ -54,6 +54,8 @@ class _Tracker:
         """Record a new output; returns (choice index, completion, old tokens, old chars) per
         choice that changed."""
         now = time.monotonic()
+        if self.outputs[prompt_index] is None:  # its first output: the prompt's prefill is done
+            self.metrics.prompt_tokens.inc(len(output.prompt_token_ids))
         self.outputs[prompt_index] = output
         changed = []
         for completion in output.outputs:
@@ -78,8 +80,6 @@ class _Tracker:
             if completion.finish_reason is not None and choice.finish_reason is None:
                 choice.finish_reason = completion.finish_reason
                 self.metrics.finished_sequences.labels(completion.finish_reason).inc()
-        if output.finished:
-            self.metrics.prompt_tokens.inc(len(output.prompt_token_ids))
         return changed
 
     def finish(self, outcome: str) -> None:
@@ -125,6 +125,7 @@ class CompletionHandler:
 
         request_id = f"cmpl-{uuid.uuid4().hex}"
         tracker = _Tracker(self.metrics, len(prompts), req.n or 1)
+        raw_request.state.usage = tracker.usage  # for the access log, once the answer is sent
         ids = [f"{request_id}-{i}" for i in range(len(prompts))]
         streams = await self._submit(ids, prompts, params)
         header = {"id": request_id, "object": "text_completion", "created": int(time.time()),
