@@ -19,6 +19,7 @@ _EXPORTS = {
     "SamplingParams": "engine.core.sampling_params",
     "RequestOutput": "engine.core.outputs",
     "CompletionOutput": "engine.core.outputs",
+    "__version__": "engine.version",
 }
 __all__ = list(_EXPORTS)
 

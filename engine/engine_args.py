@@ -14,6 +14,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 KV_CACHE_DTYPES = ("auto", "int8")
+DEFAULT_MODEL = "codegen-tiny-py"  # engine/assets/<name>: the bundled model
 
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "kb": 1000, "mib": 1 << 20, "mb": 1000 ** 2, "gib": 1 << 30,
           "gb": 1000 ** 3, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -33,18 +34,21 @@ def parse_bytes(text: str) -> int:
 
 
 def _option(default, help: str, *, choices: tuple | None = None, flag: str | None = None,
-            metavar: str | None = None, parse=None, minimum: int | None = None):
+            metavar: str | None = None, parse=None, minimum: int | None = None,
+            nargs: str | None = None):
     """A field of EngineArgs. minimum: an integer >= minimum (None default: or None); flag: the
-    CLI flag when it is not --field-name; parse: the CLI's type (default: that of the default)."""
+    CLI flag when it is not --field-name; parse: the CLI's type (default: that of the default);
+    nargs: argparse's, for a field that takes a list."""
     return field(default=default, metadata={"help": help, "choices": choices, "flag": flag,
-                                            "metavar": metavar, "parse": parse, "minimum": minimum})
+                                            "metavar": metavar, "parse": parse, "minimum": minimum,
+                                            "nargs": nargs})
 
 
 @dataclass
 class EngineArgs:
     model: str | None = _option(
         None, "checkpoint folder (config.json + safetensors + tokenizer); default: the bundled "
-              "codegen-tiny-py model")
+              f"{DEFAULT_MODEL} model")
     dtype: str = _option(
         "auto", "weight/activation dtype (auto = int8 on the CPU for models with 50M+ linear weights, "
                 "else bfloat16; int8 = int8 linear weights and per-token int8 GEMM inputs, bfloat16 "
@@ -77,6 +81,10 @@ class EngineArgs:
         None, "CPU threads for the kernels (default: one per core, or OMP_NUM_THREADS); fewer "
               "leave cores to other work on a shared machine", flag="--threads", metavar="N",
         parse=int, minimum=1)
+    served_model_name: str | list[str] | None = _option(
+        None, "the names the server answers to: /v1/models lists them all and a request's "
+              "`model` must be one of them (default: --model as given, or the bundled model's "
+              "name)", metavar="NAME", parse=str, nargs="+")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -87,6 +95,19 @@ class EngineArgs:
                 raise ValueError(f"{f.name} must be a positive integer or None, got {value!r}")
             if f.default is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{f.name} must be an integer >= {low}, got {value!r}")
+        names = self.served_model_name
+        names = [names] if isinstance(names, str) else names
+        if names is not None and (not isinstance(names, (list, tuple)) or not names or not all(
+                isinstance(n, str) and n.strip() for n in names)):
+            raise ValueError(f"served_model_name must be a non-empty name or list of names, "
+                             f"got {self.served_model_name!r}")
+
+    def served_model_names(self) -> list[str]:
+        """The names the server answers to, as vLLM picks them: served_model_name (every alias),
+        else `model` as given (a Hub id stays the id, a folder the path as typed), else the bundled
+        model's name."""
+        names = self.served_model_name or self.model or DEFAULT_MODEL
+        return [names] if isinstance(names, str) else list(names)
 
     # ------------------------------------------------------------------ the CLI
     @staticmethod
@@ -106,7 +127,8 @@ class EngineArgs:
                 continue
             kwargs = {"type": meta["parse"] or type(f.default)} if f.default is not None or meta["parse"] else {}
             group.add_argument(flag, dest=f.name, default=f.default, choices=meta["choices"],
-                               metavar=meta["metavar"], help=meta["help"].replace("%", "%%"), **kwargs)
+                               metavar=meta["metavar"], nargs=meta["nargs"],
+                               help=meta["help"].replace("%", "%%"), **kwargs)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

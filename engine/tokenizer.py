@@ -144,17 +144,19 @@ class Tokenizer:
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, what: str = "text", release_gil: bool = False) -> list[int]:
-        """Token ids of `text`, no special tokens added; ValueError naming `what` when the text
-        is not valid Unicode.
+    def encode(self, text: str, what: str = "text", release_gil: bool = False,
+               add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text` (prompts get no special tokens; add_special_tokens: those the
+        tokenizer's post-processor adds, a BOS say); ValueError naming `what` when the text is
+        not valid Unicode.
 
         release_gil: go through encode_batch, the call of `tokenizers` that lets other Python
         threads run while it works (encode holds the GIL throughout), for callers on a worker
         thread. It starts tokenizers' thread pool, after which a forked child prints a warning."""
         try:
             if release_gil:
-                return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
-            return self._tok.encode(text, add_special_tokens=False).ids
+                return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         except TypeError:
             _check_unicode(text, what)
             raise

@@ -37,6 +37,32 @@ def test_cli_flags_set_every_field():
         seed=3, kv_cache_dtype="int8", kv_cache_memory_bytes=1 << 20, num_threads=2)
 
 
+def test_served_model_name_takes_every_alias_on_the_cli():
+    parser = argparse.ArgumentParser()
+    EngineArgs.add_cli_args(parser)
+    args = EngineArgs.from_cli_args(parser.parse_args(["--served-model-name", "a", "b/c", "--seed", "1"]))
+    assert args.served_model_name == ["a", "b/c"] and args.served_model_names() == ["a", "b/c"]
+    with pytest.raises(SystemExit):  # the flag needs at least one name
+        parser.parse_args(["--served-model-name"])
+
+
+@pytest.mark.parametrize("options, names", [
+    ({}, ["codegen-tiny-py"]),                                        # the bundled model's name
+    ({"model": "Salesforce/codegen-350M-mono"}, ["Salesforce/codegen-350M-mono"]),  # a Hub id as is
+    ({"model": "./ckpt/../models/diff/"}, ["./ckpt/../models/diff/"]),  # a folder as typed
+    ({"model": "/m", "served_model_name": "code"}, ["code"]),
+    ({"model": "/m", "served_model_name": ("a", "b")}, ["a", "b"]),
+])
+def test_served_model_names_default_to_the_model_as_given(options, names):
+    assert EngineArgs(**options).served_model_names() == names
+
+
+@pytest.mark.parametrize("value", ["", "  ", [], ["a", ""], [3], 7, {"a": 1}])
+def test_bad_served_model_name_is_a_value_error(value):
+    with pytest.raises(ValueError, match="served_model_name must be a non-empty name"):
+        EngineArgs(served_model_name=value)
+
+
 def test_every_field_has_help():
     assert all(f.metadata["help"] for f in dataclasses.fields(EngineArgs))
 

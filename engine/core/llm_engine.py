@@ -6,6 +6,7 @@ the RequestOutputs."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from engine.core.sampling_params import SamplingParams
 from engine.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Request
-from engine.engine_args import EngineArgs
+from engine.engine_args import DEFAULT_MODEL, EngineArgs
 from engine.tokenizer import Tokenizer
 from engine.vocab import Vocabulary, load_vocabulary
 from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
@@ -28,7 +29,6 @@ from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtyp
 logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL = "codegen-tiny-py"
 
 
 def default_model_dir() -> Path:
@@ -39,12 +39,14 @@ class LLMEngine:
     def __init__(self, model: str | None = None, *, vocab: Vocabulary | None = None, **options):
         """options: the other fields of EngineArgs (engine/engine_args.py). vocab: the checkpoint's
         vocabulary (None: read from the checkpoint; CodeCLM's modality-separated one is found there)."""
+        start = time.perf_counter()
         args = EngineArgs(model=model, **options)
         self.num_threads = args.num_threads
         self.use_threads()
         model_dir = Path(args.model) if args.model is not None else default_model_dir()
         self.config = load_config(model_dir)
         self.model_name = model_dir.resolve().name
+        self.served_model_names = args.served_model_names()
         tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
         self.vocab = vocab or load_vocabulary(model_dir, tokenizer, self.config.vocab_size)
         if self.vocab.eos_token_id is not None:  # CodeCLM generates up to <eot>
@@ -64,10 +66,24 @@ class LLMEngine:
         self.input_processor = InputProcessor(self.config, tokenizer, self.vocab, args.seed)
         self.output_processor = OutputProcessor(tokenizer.eos_token_id)
         self.requests: dict[str, Request] = {}
-        logger.info("%s on %s: dtype %s%s, KV cache %s in %d blocks of %d tokens, attention backend %s",
-                    self.model_name, self.device, str(self.dtype).removeprefix("torch."),
-                    " (auto)" if args.dtype == "auto" else "", args.kv_cache_dtype, self.runner.num_kv_blocks,
-                    args.block_size, args.attention_backend)
+        self._log_summary(args, time.perf_counter() - start)
+
+    def _log_summary(self, args: EngineArgs, load_seconds: float) -> None:
+        """One INFO line of what was built, with the choices "auto" made resolved."""
+        def chosen(value, option: str) -> str:
+            return f"{value} (auto)" if option == "auto" else str(value)
+
+        kv_bytes = self.runner.num_kv_blocks * self.runner.block_bytes()
+        backend = self.runner.ops.__name__.rsplit(".", 1)[-1].replace("reference", "torch")
+        logger.info(
+            "Loaded %s (%s) in %.2f s on %s: dtype %s, KV cache %s, %d blocks of %d tokens "
+            "(%.2f GiB), max context %d tokens, threads %d, attention backend %s",
+            args.model or DEFAULT_MODEL, self.config.architecture, load_seconds, self.device,
+            chosen(str(self.dtype).removeprefix("torch."), args.dtype),
+            chosen(str(self.runner.kv_dtype).removeprefix("torch."), args.kv_cache_dtype),
+            self.runner.num_kv_blocks, args.block_size, kv_bytes / 2 ** 30,
+            self.config.max_position_embeddings, torch.get_num_threads(),
+            chosen(backend, args.attention_backend))
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, vocab: Vocabulary | None = None) -> LLMEngine:

@@ -14,6 +14,9 @@ for the hunk's context the way `patch` does.
 """
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.config import read_json_object
 
 # Markers that end a sample: the model starting the next training example, or end of text.
 STOP_MARKERS = ("<NME>", "<BEF>", "<MSG>", "<DFF>", "<|endoftext|>")
@@ -21,6 +24,37 @@ STOP_MARKERS = ("<NME>", "<BEF>", "<MSG>", "<DFF>", "<|endoftext|>")
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _FILE_HEADERS = ("--- ", "+++ ", "diff ", "index ")
 _NO_NEWLINE = "\\"  # "\ No newline at end of file"
+
+
+def model_names(model: str | None) -> list[str]:
+    """The names a checkpoint goes by: the last part of `model` as given (a folder or a Hub id)
+    and of the folder it resolves to, the repository of a Hugging Face cache snapshot
+    (models--ORG--NAME/snapshots/REV), and its config.json's `_name_or_path` (the name it was
+    saved under). None (the bundled model) has none. The folders above a checkpoint's own say
+    nothing of it and are left out."""
+    if model is None:
+        return []
+    path = Path(model)
+    names = [path.name]
+    if path.is_dir():
+        resolved = path.resolve()
+        names.append(resolved.name)
+        if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+            names.append(resolved.parent.parent.name.split("--", 1)[1])
+        try:
+            saved_as = read_json_object(path / "config.json").get("_name_or_path")
+        except ValueError:  # the engine's loader reports a bad config, with its own words
+            saved_as = None
+        if isinstance(saved_as, str):
+            names.append(saved_as)
+    return names
+
+
+def is_diff_model(model: str | None) -> bool:
+    """Whether `model` looks like a diff model: one of its names has "diff" in it, as
+    diff-codegen-350m-v1 (a plain CodeGen checkpoint by its config) has. A plain code model
+    writes no diffs, so sampling from one would only fail."""
+    return any("diff" in name.lower() for name in model_names(model))
 
 
 def build_prompt(file_name: str, before: str, message: str) -> str:

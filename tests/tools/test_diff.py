@@ -1,12 +1,13 @@
 """engine.tools.diff: prompt format, candidate extraction, unified-diff apply (round trips and fuzz)."""
 import difflib
+import json
 import random
 import shutil
 import subprocess
 
 import pytest
 
-from engine.tools.diff import apply_diff, build_prompt, extract_candidates, extract_diff
+from engine.tools.diff import apply_diff, build_prompt, extract_candidates, extract_diff, is_diff_model
 
 WORDS = ["x = 1", "y = 2", "return x", "pass", "", "    if x:", "        y += 1", "def f(a):",
          "# note", "print(x)"]
@@ -187,3 +188,34 @@ def test_type_errors():
         apply_diff(b"a\n", "@@ -1 +1 @@\n-a\n+b\n")
     with pytest.raises(TypeError):
         apply_diff("a\n", None)
+
+
+def _checkpoint(folder, name_or_path=None):
+    folder.mkdir(parents=True)
+    config = {"architectures": ["CodeGenForCausalLM"]}
+    if name_or_path is not None:
+        config["_name_or_path"] = name_or_path
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_diff_models_are_known_by_any_of_their_names(tmp_path):
+    # diff-codegen-350m-v1 is a plain CodeGen checkpoint: only its names say it writes diffs.
+    snapshot = _checkpoint(tmp_path / "hub" / "models--CarperAI--diff-codegen-350m-v1" /
+                           "snapshots" / "0123abcd")
+    (tmp_path / "linked").symlink_to(_checkpoint(tmp_path / "diff-codegen-350m-v1"))
+    assert is_diff_model("CarperAI/diff-codegen-350m-v1")           # a Hub id
+    assert is_diff_model(str(tmp_path / "diff-codegen-350m-v1"))    # its folder
+    assert is_diff_model(str(snapshot))                             # the Hub cache's snapshot
+    assert is_diff_model(str(tmp_path / "linked"))                  # a link to its folder
+    assert is_diff_model(str(_checkpoint(tmp_path / "m", "CarperAI/diff-codegen-350m-v1")))
+
+
+def test_other_models_are_not_diff_models(tmp_path):
+    assert not is_diff_model(None)                                  # the bundled model
+    assert not is_diff_model("Salesforce/codegen-350M-mono")
+    assert not is_diff_model(str(_checkpoint(tmp_path / "diffs" / "codegen-350M-mono",
+                                             "Salesforce/codegen-350M-mono")))  # a parent's name
+    bad = _checkpoint(tmp_path / "broken")
+    (bad / "config.json").write_text("{not json")
+    assert not is_diff_model(str(bad))                              # the loader will say why

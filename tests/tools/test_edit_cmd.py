@@ -135,13 +135,40 @@ def test_colorize():
     assert edit.colorize("-b\n", enabled=False) == "-b\n"
 
 
-def test_real_engine_on_tiny_checkpoint(tiny_codegen_dir, tmp_path, capsys):
+@pytest.mark.parametrize("how", ["--force", "diff-named folder"])
+def test_real_engine_on_tiny_checkpoint(tiny_codegen_dir, tmp_path, capsys, how):
+    # A plain checkpoint runs with --force, or without it from a folder whose name says diff.
+    model, extra = str(tiny_codegen_dir), ["--force"]
+    if how == "diff-named folder":
+        (tmp_path / "models").mkdir()
+        (tmp_path / "models" / "diff-codegen-tiny").symlink_to(tiny_codegen_dir)
+        model, extra = str(tmp_path / "models" / "diff-codegen-tiny"), []
     path = tmp_path / "calc.py"
     path.write_text(BEFORE)
     before = snapshot(path)
-    rc = edit.run(parse([str(path), "-m", "Fix add", "--model", str(tiny_codegen_dir),
-                         "--samples", "2", "--max-tokens", "16", "--apply"]))
+    rc = edit.run(parse([str(path), "-m", "Fix add", "--model", model, "--samples", "2",
+                         "--max-tokens", "16", "--apply", *extra]))
     if rc == 1:  # a random model writes no applicable diff: the file must be untouched
         assert snapshot(path) == before
+        assert "none of the 2 sampled diffs applies" in capsys.readouterr().err
     else:
         assert rc == 0 and path.read_text() != BEFORE
+
+
+@pytest.mark.parametrize("model", [None, "tiny"])
+def test_a_model_that_is_not_a_diff_model_is_refused_up_front(tiny_codegen_dir, source, capsys,
+                                                              monkeypatch, model):
+    # No model is loaded and nothing sampled: the error says why and how to override.
+    import engine
+    monkeypatch.setattr(engine, "LLM", lambda *a, **k: pytest.fail("a model was loaded"),
+                        raising=False)
+    before = snapshot(source)
+    argv = [str(source), "-m", "Fix add", "--apply"]
+    if model == "tiny":
+        argv += ["--model", str(tiny_codegen_dir)]
+    assert edit.run(parse(argv)) == 2
+    err = capsys.readouterr().err
+    what = "the bundled model" if model is None else repr(str(tiny_codegen_dir))
+    assert err.startswith(f"codeinfer edit: error: {what} does not look like a diff model")
+    assert "--force" in err and "diff-codegen-350m-v1" in err and err.count("\n") == 1
+    assert snapshot(source) == before

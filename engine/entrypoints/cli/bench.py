@@ -36,9 +36,8 @@ def register(subparsers) -> None:
         "bench", help="throughput and latency benchmark against transformers, CTranslate2, OpenVINO",
         description="Generated tokens/s, TTFT and inter-token latency at each concurrency (random "
                     "fixed-seed prompts, greedy, EOS ignored, after a warm-up), every system in the "
-                    "same run, round robin.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--concurrency", type=_int_list, default=[1, 8, 32],
+                    "same run, round robin.")
+    p.add_argument("--concurrency", type=_int_list, default="1,8,32",
                    help="comma-separated numbers of concurrent requests")
     p.add_argument("--prompt-len", type=int, default=128,
                    help="tokens per prompt (up to the model's context less --max-tokens)")
@@ -48,8 +47,9 @@ def register(subparsers) -> None:
                         "'codeinfer[bench]' torch==2.13.0)")
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds: every system and concurrency once per round, round robin; the table "
-                        "shows the median and the range, speed-ups paired per round (this shared "
-                        "2-core VM varies ~+-10%% between runs)")
+                        "shows the median and the range, speed-ups paired per round (on a machine "
+                        "that other work shares, speed drifts between runs as that work comes and "
+                        "goes; interleaved rounds give every system the same conditions)")
     p.add_argument("--background-load", type=int, default=0, metavar="N",
                    help="also run every configuration next to N busy processes of its own (started for "
                         "the timed part only), reported next to its idle figure")

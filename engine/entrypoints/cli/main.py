@@ -9,11 +9,35 @@ import sys
 COMMANDS = ("generate", "serve", "bench", "convert", "edit", "eval")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default once: appended as "(default: X)" unless the help already
+    speaks of its default, or there is nothing to show (None, an on/off flag, a positional)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or not action.option_strings or default is None
+                or isinstance(default, bool) or default is argparse.SUPPRESS
+                or default == []):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand's parser (and theirs) formats its help with HelpFormatter."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from engine.version import __version__
+
+    parser = _Parser(
         prog="codeinfer",
         description="Fast inference for small code models (GPT-Neo / PyCodeGPT, CodeGen, "
                     "diff-codegen, CodeCLM): generate, serve, bench, convert, edit, eval.")
+    parser.add_argument("--version", action="version", version=f"codeinfer {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"engine.entrypoints.cli.{name}").register(subparsers)

@@ -16,6 +16,10 @@ from engine.engine_args import EngineArgs
 
 logger = logging.getLogger("codeinfer.serve")
 
+# vLLM's: level, time, where, message.
+LOG_FORMAT = "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
+LOG_DATE_FORMAT = "%m-%d %H:%M:%S"
+
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Seconds uvicorn waits past --shutdown-timeout, so the requests aborted at the deadline can still
 # send their error (and [DONE]) before it cancels whatever is left.
@@ -25,16 +29,26 @@ _ANSWER_GRACE_S = 3.0
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible completion server",
-        description="Serve POST /v1/completions, GET /v1/models, /health and /metrics.")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/*")
+        description="Serve POST /v1/completions, /tokenize and /detokenize, GET /v1/models, "
+                    "/version, /health, /metrics and the OpenAPI page (/docs).")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default: 127.0.0.1, which only this machine can reach; "
+                        "0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for their first token before new ones get 503")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may run after SIGTERM before being aborted")
     p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="the least severe messages logged")
+    p.add_argument("--disable-log-requests", action="store_true",
+                   help="no access-log line per request")
+    p.add_argument("--disable-log-stats", action="store_true",
+                   help="no periodic engine stats line (throughput, running and waiting "
+                        "requests, KV cache usage) while busy")
     EngineArgs.add_cli_args(p)
     p.set_defaults(func=run)
 
@@ -42,7 +56,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     # Until uvicorn installs its own handlers, SIGTERM (e.g. during the model load) exits 0.
     signal.signal(signal.SIGTERM, _exit_now)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if args.max_queue < 0:
         print("error: --max-queue must be >= 0", file=sys.stderr)
         return 2
@@ -67,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 1
     async_llm = AsyncLLM(engine, max_waiting=args.max_queue)
-    app = build_app(async_llm, api_key=args.api_key, shutdown_timeout=args.shutdown_timeout)
+    app = build_app(async_llm, **app_options(args))
+    # log_config None: uvicorn's loggers go through ours (one format, with timestamps); its own
+    # access log is off, the app writes one line per request with its token counts.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout + _ANSWER_GRACE_S,
-                            access_log=False)
+                            access_log=False, log_config=None)
     # uvicorn re-raises the signal it caught once it has shut down; make that a no-op so a
     # graceful SIGTERM ends with exit status 0.
     signal.signal(signal.SIGTERM, _ignore)
@@ -78,6 +94,21 @@ def run(args: argparse.Namespace) -> int:
     server = DrainingServer(config, async_llm, drain_timeout=args.shutdown_timeout)
     server.run()
     return 0 if server.started else 1
+
+
+def app_options(args: argparse.Namespace) -> dict:
+    """build_app's keyword arguments from the command line."""
+    from engine.entrypoints.server.logs import STATS_INTERVAL_S
+
+    return {"api_key": args.api_key, "shutdown_timeout": args.shutdown_timeout,
+            "log_requests": not args.disable_log_requests,
+            "stats_interval": None if args.disable_log_stats else STATS_INTERVAL_S}
+
+
+def configure_logging(level: str) -> None:
+    """Every logger of the process at `level`, in LOG_FORMAT on standard error."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT,
+                        force=True)
 
 
 def _exit_now(signum, frame):

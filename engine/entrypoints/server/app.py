@@ -6,55 +6,78 @@ anything unexpected a 500, and the engine thread survives both.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
-import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.entrypoints.server import openapi
 from engine.entrypoints.server.body import BodyReader
 from engine.entrypoints.server.completions import INTERNAL_ERROR, CompletionHandler
+from engine.entrypoints.server.logs import STATS_INTERVAL_S, AccessLogMiddleware, StatLogger
 from engine.entrypoints.server.metrics import CONTENT_TYPE, ServerMetrics
-from engine.entrypoints.server.protocol import APIError, error_body, parse_completion_request
+from engine.entrypoints.server.models import ServedModels
+from engine.entrypoints.server.protocol import (APIError, CompletionRequest, DetokenizeRequest,
+                                                DetokenizeResponse, TokenizeRequest,
+                                                TokenizeResponse, error_body, parse_body,
+                                                parse_completion_request)
+from engine.entrypoints.server.tokenization import TokenizationHandler
+from engine.version import __version__
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# Paths that need the API key when there is one: the model's work (/health, /metrics, /version
+# and the OpenAPI page stay open).
+_KEYED_PATHS = ("/tokenize", "/detokenize")
 
 
 def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0.0,
-              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+              max_body_bytes: int = MAX_BODY_BYTES, log_requests: bool = True,
+              stats_interval: float | None = STATS_INTERVAL_S) -> FastAPI:
     """The server app around a (not yet started) AsyncLLM; the app's lifespan starts it and
     shuts it down (letting in-flight requests run for up to `shutdown_timeout` s). Request
-    bodies over `max_body_bytes` are refused with 413 as soon as that many have arrived."""
+    bodies over `max_body_bytes` are refused with 413 as soon as that many have arrived.
+    log_requests: an access line per request; stats_interval: seconds between engine stats
+    lines while busy (None: none)."""
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty: an empty key would let in any empty "
                          "bearer token (pass None to serve without a key)")
-    model_name = async_llm.engine.model_name
-    created = int(time.time())
+    if stats_interval is not None and not stats_interval > 0:
+        raise ValueError(f"stats_interval must be > 0 seconds or None, got {stats_interval!r}")
+    models = ServedModels(async_llm.engine)
     metrics = ServerMetrics(async_llm)
-    handler = CompletionHandler(async_llm, metrics, model_name)
+    handler = CompletionHandler(async_llm, metrics, models)
+    tokenization = TokenizationHandler(async_llm.engine.tokenizer, models)
     bodies = BodyReader(max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async_llm.start()
+        stats = None
+        if stats_interval is not None:
+            stats = asyncio.ensure_future(StatLogger(async_llm, metrics, stats_interval).run())
         yield
+        if stats is not None:
+            stats.cancel()
         await async_llm.shutdown(timeout=shutdown_timeout)
         await bodies.close()
 
-    app = FastAPI(title="codeinfer", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="codeinfer", version=__version__, lifespan=lifespan)
+    openapi.install(app, [CompletionRequest, TokenizeRequest, DetokenizeRequest])
     app.state.async_llm = async_llm
     app.state.metrics = metrics
     app.state.bodies = bodies
 
     if api_key is not None:
         app.add_middleware(_APIKeyMiddleware, api_key=api_key, metrics=metrics)
+    if log_requests:  # outermost: it logs the 401s too
+        app.add_middleware(AccessLogMiddleware)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
@@ -82,12 +105,25 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
     async def get_metrics():
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
+
     @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "codeinfer"}]}
+        return models.cards()
 
-    @app.post("/v1/completions")
+    @app.post("/tokenize", openapi_extra=openapi.body_of(TokenizeRequest),
+              responses={200: {"model": TokenizeResponse}})
+    async def tokenize(request: Request):
+        return await tokenization.tokenize(parse_body(TokenizeRequest, await bodies.json(request)))
+
+    @app.post("/detokenize", openapi_extra=openapi.body_of(DetokenizeRequest),
+              responses={200: {"model": DetokenizeResponse}})
+    async def detokenize(request: Request):
+        return tokenization.detokenize(parse_body(DetokenizeRequest, await bodies.json(request)))
+
+    @app.post("/v1/completions", openapi_extra=openapi.body_of(CompletionRequest))
     async def completions(request: Request):
         try:
             body = await bodies.json(request)
@@ -114,13 +150,14 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
 
 class _APIKeyMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware, which would get in the way of streaming and
-    disconnects): /v1/* needs `Authorization: Bearer KEY`; /health and /metrics stay open."""
+    disconnects): /v1/* and _KEYED_PATHS need `Authorization: Bearer KEY`."""
 
     def __init__(self, app, api_key: str, metrics: ServerMetrics):
         self.app, self.api_key, self.metrics = app, api_key.encode(), metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path.startswith("/v1/") or path in _KEYED_PATHS):
             auth = dict(scope["headers"]).get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.api_key):

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.core.sampling_params import SamplingParams
 from engine.entrypoints.async_engine import EngineClosed, EngineError, QueueFull
 from engine.entrypoints.server.metrics import ServerMetrics
+from engine.entrypoints.server.models import ServedModels
 from engine.entrypoints.server.protocol import APIError, CompletionRequest, error_body
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class _Tracker:
         """Record a new output; returns (choice index, completion, old tokens, old chars) per
         choice that changed."""
         now = time.monotonic()
+        if self.outputs[prompt_index] is None:  # its first output: the prompt's prefill is done
+            self.metrics.prompt_tokens.inc(len(output.prompt_token_ids))
         self.outputs[prompt_index] = output
         changed = []
         for completion in output.outputs:
@@ -77,8 +80,6 @@ class _Tracker:
             if completion.finish_reason is not None and choice.finish_reason is None:
                 choice.finish_reason = completion.finish_reason
                 self.metrics.finished_sequences.labels(completion.finish_reason).inc()
-        if output.finished:
-            self.metrics.prompt_tokens.inc(len(output.prompt_token_ids))
         return changed
 
     def finish(self, outcome: str) -> None:
@@ -98,18 +99,16 @@ class _Tracker:
 
 
 class CompletionHandler:
-    def __init__(self, async_llm, metrics: ServerMetrics, model_name: str):
+    def __init__(self, async_llm, metrics: ServerMetrics, models: ServedModels):
         self.async_llm = async_llm
         self.metrics = metrics
-        self.model_name = model_name
+        self.models = models
         self.tokenizer = async_llm.engine.tokenizer
         self.vocab_size = len(self.tokenizer)
         self._token_texts: dict[int, str] = {}
 
     async def create(self, req: CompletionRequest, raw_request: Request):
-        if req.model is not None and req.model != self.model_name:
-            raise APIError(404, f"The model `{req.model}` does not exist.",
-                           param="model", code="model_not_found")
+        model_name = self.models.check(req.model)
         prompts = req.prompts()
         if len(prompts) > self.async_llm.max_waiting:  # a 503 "retry later" would never succeed
             raise APIError(400, f"prompt has {len(prompts)} entries, more than the "
@@ -126,10 +125,11 @@ class CompletionHandler:
 
         request_id = f"cmpl-{uuid.uuid4().hex}"
         tracker = _Tracker(self.metrics, len(prompts), req.n or 1)
+        raw_request.state.usage = tracker.usage  # for the access log, once the answer is sent
         ids = [f"{request_id}-{i}" for i in range(len(prompts))]
         streams = await self._submit(ids, prompts, params)
         header = {"id": request_id, "object": "text_completion", "created": int(time.time()),
-                  "model": self.model_name}
+                  "model": model_name}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             body = self._stream(req, header, ids, streams, tracker, include_usage)

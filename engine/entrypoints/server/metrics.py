@@ -34,7 +34,7 @@ class ServerMetrics:
         for reason in ("stop", "length", "abort"):
             self.finished_sequences.labels(reason)
         self.prompt_tokens = Counter(
-            "codeinfer_prompt_tokens", "Prompt tokens of finished or aborted requests.",
+            "codeinfer_prompt_tokens", "Prompt tokens whose prefill is done.",
             registry=self.registry)
         self.generation_tokens = Counter(
             "codeinfer_generation_tokens", "Generated tokens.", registry=self.registry)

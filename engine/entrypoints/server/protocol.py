@@ -1,4 +1,4 @@
-"""Request schema of POST /v1/completions and OpenAI-shaped errors.
+"""Request schemas of POST /v1/completions, /tokenize and /detokenize, and OpenAI-shaped errors.
 
 Types are strict (no "5" for 5, no true for 1): a wrong type is a 400 naming the field, as OpenAI
 does. The ranges of the sampling values are engine.core.sampling_params.SamplingParams's (the handler
@@ -139,12 +139,56 @@ def _as_list(prompt) -> list:
     return [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
 
 
+class TokenizeRequest(BaseModel):
+    """POST /tokenize: vLLM's TokenizeCompletionRequest."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = Field(
+        True, description="add the special tokens the tokenizer's post-processor adds (a BOS, "
+                          "say; GPT-Neo's and CodeGen's add none); completions never add them")
+    return_token_strs: bool | None = Field(False, description="also return each token's string")
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize: vLLM's DetokenizeRequest."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+# A union reports each of its branches; these name the field and the shapes it takes instead.
+_UNION_MESSAGES = {"prompt": "prompt must be a non-empty string, list of strings, list of token "
+                             "ids or list of token-id lists"}
+
+
 def parse_completion_request(body: Any) -> CompletionRequest:
     """Validate a decoded JSON body; raises APIError(400) naming the offending field."""
+    return parse_body(CompletionRequest, body, _UNION_MESSAGES)
+
+
+def parse_body(schema: type[BaseModel], body: Any, messages: dict[str, str] | None = None):
+    """`body` (decoded JSON) validated as `schema`; APIError(400) naming the offending field
+    (messages: a fixed message for a field, instead of pydantic's)."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
-        return CompletionRequest.model_validate(body)
+        return schema.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
         cause = (err.get("ctx") or {}).get("error")
@@ -152,9 +196,5 @@ def parse_completion_request(body: Any) -> CompletionRequest:
             raise APIError(400, str(cause), param=cause.param) from None
         loc = [str(p) for p in err.get("loc", ())]
         param = loc[0] if loc else None
-        message = f"{'.'.join(loc) or 'body'}: {err.get('msg')}"
-        # a union reports each branch; name the field and the accepted shapes instead
-        if param == "prompt":
-            message = ("prompt must be a non-empty string, list of strings, list of token ids "
-                       "or list of token-id lists")
+        message = (messages or {}).get(param) or f"{'.'.join(loc) or 'body'}: {err.get('msg')}"
         raise APIError(400, message, param=param) from None
