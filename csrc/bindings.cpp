@@ -8,6 +8,7 @@
 namespace py = pybind11;
 using codeinfer::AttentionArgs;
 using codeinfer::PackedLinearArgs;
+using codeinfer::QuantPackArgs;
 using codeinfer::QuantizeArgs;
 using codeinfer::RotaryArgs;
 
@@ -72,6 +73,14 @@ PYBIND11_MODULE(_cpu, m) {
       FIELD(x_stride) FIELD(eps);
 #undef FIELD
   m.def("quantize_rows", &codeinfer::quantize_rows, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"));
+
+  py::class_<QuantPackArgs>(m, "QuantPackArgs")
+      .def(py::init<>())
+#define FIELD(name) .def_readwrite(#name, &QuantPackArgs::name)
+      FIELD(weight) FIELD(packed) FIELD(colsum) FIELD(scales) FIELD(out_features) FIELD(in_features);
+#undef FIELD
+  m.def("quantize_pack_int8", &codeinfer::quantize_pack_int8, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"));
 
   py::class_<PackedLinearArgs>(m, "PackedLinearArgs")

@@ -46,6 +46,14 @@ struct QuantizeArgs {
 
 void quantize_rows(const QuantizeArgs& args, const std::string& dtype);
 
+// Operands of quantize_pack_int8 (csrc/quant.cpp): weight [out, in] in, packed / colsum / scales out.
+struct QuantPackArgs {
+  uintptr_t weight = 0, packed = 0, colsum = 0, scales = 0;
+  int64_t out_features = 0, in_features = 0;
+};
+
+void quantize_pack_int8(const QuantPackArgs& args, const std::string& dtype);
+
 // Operands of int8_linear and bf16_linear (see csrc/gemm.cpp for the packed weight layouts; colsum
 // and w_scales are int8's). Strides are in elements; gamma, beta (x's dtype), bias, residual (the
 // output's dtype): 0 = absent.

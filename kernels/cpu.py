@@ -215,6 +215,25 @@ def quantize_rows(x: torch.Tensor, gamma: torch.Tensor | None = None, beta: torc
     return out, scales
 
 
+def quantize_pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """See kernels.reference.quantize_pack_int8 (same bits): one pass over the weight, panels on
+    every thread, no float temporaries."""
+    check_device(_CPU, weight=weight)
+    dtype = _dtype_name(weight, "weight")
+    if weight.dim() != 2 or 0 in weight.shape:
+        raise ValueError(f"weight: expected a non-empty [out_features, in_features] tensor, got {list(weight.shape)}")
+    weight = weight.detach().contiguous()
+    n, k = weight.shape
+    packed = torch.empty(-(-n // 16), -(-k // 4), 16, 4, dtype=torch.int8)
+    colsum = torch.empty(packed.shape[0] * 16, dtype=torch.int32)
+    scales = torch.empty(n, dtype=torch.float32)
+    a = _cpu.QuantPackArgs()
+    a.weight, a.packed, a.colsum, a.scales = weight.data_ptr(), packed.data_ptr(), colsum.data_ptr(), scales.data_ptr()
+    a.out_features, a.in_features = n, k
+    _cpu.quantize_pack_int8(a, dtype)
+    return packed, colsum, scales
+
+
 # Packed weight layouts of the two linear ops: (weight dtype, weight values per 32-bit word).
 _PACKED = {"int8": (torch.int8, 4), "bf16": (torch.bfloat16, 2)}
 

@@ -165,6 +165,28 @@ def pack_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, w.sum(dim=1, dtype=torch.int32)
 
 
+def quantize_per_channel(weight: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (int8 [out, in], fp32 scales [out]) with weight ~= q * scale[:, None]:
+    scale = max(max |w| / 127, 1e-12) per output channel, q = round(w / scale) (to nearest even)
+    clamped to +-127. `rows` output channels at a time, so a large lm_head's fp32 temporaries stay small."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], device=weight.device)
+    for r in range(0, weight.shape[0], rows):
+        w = weight[r:r + rows].detach().float()
+        s = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+        q[r:r + rows] = torch.round(w / s[:, None]).clamp_(-127, 127)
+        scale[r:r + rows] = s
+    return q, scale
+
+
+def quantize_pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A float weight [out, in] -> (packed, colsum, scales) for int8_linear: quantize_per_channel,
+    then pack_int8_weight (the load-time step of dtype="int8")."""
+    q, scales = quantize_per_channel(weight)
+    packed, colsum = pack_int8_weight(q)
+    return packed, colsum, scales
+
+
 def int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, w_scales: torch.Tensor,
                 bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                 act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,

@@ -32,19 +32,6 @@ except ImportError:  # the C++ extension is not built: the reference ops (slow, 
     cpu_ops = reference_ops
 
 
-def quantize_per_channel(weight: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """[out, in] float -> (int8 [out, in], fp32 scales [out]) with weight ~= q * scale[:, None].
-    `rows` output channels at a time, so the fp32 temporaries of a large lm_head stay small."""
-    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    scale = torch.empty(weight.shape[0], device=weight.device)
-    for r in range(0, weight.shape[0], rows):
-        w = weight[r:r + rows].detach().float()
-        s = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-        q[r:r + rows] = torch.round(w / s[:, None]).clamp_(-127, 127)
-        scale[r:r + rows] = s
-    return q, scale
-
-
 class PackedLinearBase(nn.Module):
     """What Int8Linear and Bf16Linear share: the backend's linear op bound once per (input dtype,
     norm) to this layer's packed weight, bias and norm parameters (`ops.bind_*_linear`: the C++ one
@@ -99,19 +86,21 @@ class Int8Linear(PackedLinearBase):
         super().__init__()
         self.ops = ops or cpu_ops
         self.out_features, self.in_features = weight.shape
-        q, scale = quantize_per_channel(weight)
+        self.packed = weight.is_cpu if packed is None else packed
+        if self.packed:  # only the packed copy is kept: [out / 16, in / 4, 16, 4] + column sums
+            if weight.dtype not in (torch.float32, torch.bfloat16):
+                weight = weight.float()
+            packed_weight, colsum, scale = self.ops.quantize_pack_int8(weight)
+            self.register_buffer("packed_weight", packed_weight)
+            self.register_buffer("colsum", colsum)
+        else:
+            q, scale = reference_ops.quantize_per_channel(weight)
+            self.register_buffer("qweight", q)      # [out, in] int8
         self.register_buffer("scale", scale)        # [out] fp32
         self.out_dtype = out_dtype
         if bias is not None:
             bias = bias.detach().to(out_dtype or bias.dtype).clone()
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.packed = q.is_cpu if packed is None else packed
-        if self.packed:  # only the packed copy is kept: [out / 16, in / 4, 16, 4] + column sums
-            packed_weight, colsum = reference_ops.pack_int8_weight(q)
-            self.register_buffer("packed_weight", packed_weight)
-            self.register_buffer("colsum", colsum)
-        else:
-            self.register_buffer("qweight", q)      # [out, in] int8
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype | None = None,

@@ -36,6 +36,33 @@ def test_pack_int8_weight_layout():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 7), (33, 130), (50, 96), (2304, 768)])
+def test_quantize_pack_int8_equals_reference(n, k, dtype, cpu_ops):
+    """The load-time quantise-and-pack gives the reference's bits: scales, packed values, colsum.
+    Rows include all zeros and values on rounding ties (scale exactly 1: amax 127)."""
+    w = torch.randn(n, k) * 0.05
+    w[0, 0] = 127.0 / 40.0 if k > 1 else w[0, 0]
+    if n > 2 and k > 3:
+        w[1] = 0.0
+        w[2, :4] = torch.tensor([127.0, 0.5, -2.5, 3.5])  # scale 1: ties round to even
+    w = w.to(dtype)
+    for got, want, name in zip(cpu_ops.quantize_pack_int8(w), reference.quantize_pack_int8(w),
+                               ("packed", "colsum", "scales")):
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+
+
+def test_quantize_pack_int8_rejects_bad_weights(cpu_ops):
+    with pytest.raises(TypeError, match="weight"):
+        cpu_ops.quantize_pack_int8(torch.zeros(4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weight"):
+        cpu_ops.quantize_pack_int8(torch.zeros(4))
+    with pytest.raises(ValueError, match="weight"):
+        cpu_ops.quantize_pack_int8(torch.zeros(0, 4))
+    packed, colsum, scales = cpu_ops.quantize_pack_int8(torch.randn(20, 12).t())  # strided: copied
+    assert packed.shape == (1, 5, 16, 4) and scales.shape == (12,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("rows,k,n", SHAPES)
 def test_int8_linear_sums_exact(rows, k, n, dtype, cpu_ops):
     # Integer activations whose rows reach +-127 quantise to themselves (scale 1); with unit weight
