@@ -21,6 +21,17 @@ INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 @dataclass
 class SamplingParams:
+    """How each token of a request is chosen (vLLM's names and meanings).
+
+    The order is transformers' (its logits warpers): penalties (repetition over the prompt and the
+    output, then presence / frequency over the output), temperature, top_k (the k most likely
+    tokens; ties with the k-th stay), top_p (the fewest most likely tokens whose mass in the top-k
+    distribution, renormalised, reaches top_p), then min_p (drop tokens less likely than min_p
+    times the most likely one). The most likely token always survives. vLLM applies min_p before
+    top_k / top_p: the same tokens survive unless top_p and min_p are both set, where vLLM's top_p
+    sees the distribution renormalised over min_p's survivors as well, and may keep fewer.
+    logprobs are those of the raw model distribution (no penalties, no temperature), as in vLLM."""
+
     n: int = 1
     temperature: float = 1.0  # 0 (or below GREEDY_TEMPERATURE) = greedy
     top_p: float = 1.0

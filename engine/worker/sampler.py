@@ -41,15 +41,21 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
 
 def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
             min_p: torch.Tensor) -> torch.Tensor:
-    """Mask logits outside top-k / top-p / min-p per row. logits: [rows, vocab] (already / temp)."""
+    """Mask (-inf) the logits that top_k, then top_p, then min_p drop, per row; the order and the
+    rules of transformers' warpers (SamplingParams says how vLLM differs). logits: [rows, vocab],
+    already divided by the temperature; top_k: [rows] (0 = off), top_p, min_p: [rows]."""
     vocab = logits.shape[1]
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    ranks = torch.arange(vocab).expand_as(probs)
-    k = torch.where(top_k > 0, top_k, vocab)[:, None]
-    cum = probs.cumsum(dim=-1)
-    drop = (ranks >= k) | ((cum - probs) >= top_p[:, None]) | (probs < min_p[:, None] * probs[:, :1])
-    drop[:, 0] = False  # the most likely token always survives
+    # Ascending, as transformers and vLLM sort: the same comparisons give the same masks.
+    sorted_logits, order = logits.sort(dim=-1)
+    k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)
+    kth = sorted_logits.gather(1, (vocab - k)[:, None])  # ties with the k-th token stay
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)  # the top-k distribution, renormalised
+    # top_p: drop a token when it and every less likely one hold at most 1 - top_p of that mass.
+    drop = probs.cumsum(dim=-1) <= (1 - top_p)[:, None]
+    # min_p: a ratio to the most likely token, which renormalising after top_p would not change.
+    drop |= probs < min_p[:, None] * probs[:, -1:]
+    drop[:, -1] = False  # the most likely token always survives
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
