@@ -64,6 +64,10 @@ class EngineArgs:
         None, "KV-cache blocks (default: as many as --kv-cache-memory allows)", parse=int, minimum=1)
     max_num_seqs: int = _option(256, "most sequences in one step", minimum=1)
     max_num_batched_tokens: int = _option(2048, "token budget per step", minimum=1)
+    max_model_len: int | None = _option(
+        None, "context length in tokens, at most the model's (default: the model's): longer "
+              "prompts are refused, generation stops with finish_reason \"length\" there",
+        parse=int, minimum=1)
     enable_prefix_caching: bool = _option(
         True, "prefix caching (full KV blocks of an earlier identical prompt prefix are reused)",
         flag="--no-prefix-caching")
@@ -108,6 +112,15 @@ class EngineArgs:
         model's name."""
         names = self.served_model_name or self.model or DEFAULT_MODEL
         return [names] if isinstance(names, str) else list(names)
+
+    def resolve_max_model_len(self, model_context: int) -> int:
+        """The context the engine works in: max_model_len, or the model's when None."""
+        if self.max_model_len is None:
+            return model_context
+        if self.max_model_len > model_context:
+            raise ValueError(f"max_model_len ({self.max_model_len}) is above the model's context "
+                             f"of {model_context} tokens")
+        return self.max_model_len
 
     # ------------------------------------------------------------------ the CLI
     @staticmethod

@@ -98,7 +98,8 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, sample_vocab: i
     """Greedy decoding with transformers, full forward each step, never picking ids >= sample_vocab."""
     out = model(torch.tensor([prompt_ids]), use_cache=True)
     new: list[int] = []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         new.append(int(out.logits[0, -1, :sample_vocab].argmax()))
-        out = model(torch.tensor([new[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+        if step + 1 < max_new_tokens:  # the last token is never fed: it may sit past the context
+            out = model(torch.tensor([new[-1:]]), past_key_values=out.past_key_values, use_cache=True)
     return new

@@ -29,11 +29,13 @@ def test_cli_flags_set_every_field():
     args = parser.parse_args(["--model", "m", "--dtype", "int8", "--device", "cpu",
                               "--attention-backend", "torch", "--block-size", "8",
                               "--num-kv-blocks", "64", "--max-num-seqs", "4",
-                              "--max-num-batched-tokens", "512", "--no-prefix-caching", "--seed", "3",
+                              "--max-num-batched-tokens", "512", "--max-model-len", "256",
+                              "--no-prefix-caching", "--seed", "3",
                               "--kv-cache-dtype", "int8", "--kv-cache-memory", "1MiB", "--threads", "2"])
     assert EngineArgs.from_cli_args(args) == EngineArgs(
         model="m", dtype="int8", device="cpu", attention_backend="torch", block_size=8,
-        num_kv_blocks=64, max_num_seqs=4, max_num_batched_tokens=512, enable_prefix_caching=False,
+        num_kv_blocks=64, max_num_seqs=4, max_num_batched_tokens=512, max_model_len=256,
+        enable_prefix_caching=False,
         seed=3, kv_cache_dtype="int8", kv_cache_memory_bytes=1 << 20, num_threads=2)
 
 
@@ -74,11 +76,20 @@ def test_every_field_has_help():
     ("num_kv_blocks", 0, "num_kv_blocks must be a positive integer or None, got 0"),
     ("kv_cache_memory_bytes", -5, "kv_cache_memory_bytes must be a positive integer or None, got -5"),
     ("num_threads", "2", "num_threads must be a positive integer or None, got '2'"),
+    ("max_model_len", 0, "max_model_len must be a positive integer or None, got 0"),
 ])
 def test_invalid_values_name_the_argument(name, value, message):
     with pytest.raises(ValueError) as info:
         EngineArgs(**{name: value})
     assert str(info.value) == message
+
+
+def test_max_model_len_caps_the_model_context():
+    assert EngineArgs().resolve_max_model_len(512) == 512
+    assert EngineArgs(max_model_len=100).resolve_max_model_len(512) == 100
+    assert EngineArgs(max_model_len=512).resolve_max_model_len(512) == 512
+    with pytest.raises(ValueError, match=r"^max_model_len \(513\) is above the model's context of 512"):
+        EngineArgs(max_model_len=513).resolve_max_model_len(512)
 
 
 def test_unknown_option_is_a_type_error():

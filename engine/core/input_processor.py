@@ -21,8 +21,11 @@ def check_sampling_params(sampling_params) -> SamplingParams:
 
 
 class InputProcessor:
-    def __init__(self, config: ModelConfig, tokenizer: Tokenizer, vocab, seed: int):
+    def __init__(self, config: ModelConfig, tokenizer: Tokenizer, vocab, seed: int,
+                 max_model_len: int):
+        """max_model_len: the context (EngineArgs.resolve_max_model_len), the longest prompt."""
         self.config, self.tokenizer, self.vocab, self.seed = config, tokenizer, vocab, seed
+        self.max_model_len = max_model_len
         self._arrivals = itertools.count()
         self._seq_ids = itertools.count()
 
@@ -32,50 +35,49 @@ class InputProcessor:
         its text, None for token ids), a form `make_request` takes without tokenising again.
 
         Reads only the tokenizer and the config, so any thread may call it (AsyncLLM does, off
-        the engine thread, with release_gil). Raises ValueError when the prompt cannot fit the
-        context with max_tokens; a text of N characters has at least ceil(N / L) tokens (L: the
-        most characters one token covers), so a text too long for that is refused untokenised."""
-        params = check_sampling_params(sampling_params)
-        text, ids, mods = self.split(prompt, params, release_gil)
+        the engine thread, with release_gil). Raises ValueError when the prompt is longer than
+        the context (max_tokens may reach past it: generation then stops there, with "length");
+        a text of N characters has at least ceil(N / L) tokens (L: the most characters one token
+        covers), so a text too long for that is refused untokenised."""
+        check_sampling_params(sampling_params)
+        text, ids, mods = self.split(prompt, release_gil)
         if not ids:
             raise ValueError("prompt must not be empty")
-        self._check_fits(len(ids), params)
+        self._check_fits(len(ids))
         return {"prompt_token_ids": ids, "modality": mods, "prompt": text}
 
-    def _check_fits(self, num_tokens: int, params: SamplingParams | None,
-                    num_chars: int | None = None) -> None:
-        """ValueError when a prompt of num_tokens (or more) leaves no room for max_tokens."""
-        limit, max_tokens = self.config.max_position_embeddings, params.max_tokens if params else 0
-        if num_tokens + max_tokens <= limit:
+    def _check_fits(self, num_tokens: int, num_chars: int | None = None) -> None:
+        """ValueError when a prompt of num_tokens (or more) is longer than the context."""
+        if num_tokens <= self.max_model_len:
             return
         size = (f"{num_tokens} tokens" if num_chars is None
                 else f"{num_chars} characters, so at least {num_tokens} tokens")
-        raise ValueError(f"prompt ({size}) + max_tokens ({max_tokens}) exceeds the "
-                         f"model's context of {limit} tokens")
+        raise ValueError(f"prompt ({size}) is longer than the context of {self.max_model_len} "
+                         f"tokens (max_model_len); a prompt that fits generates up to the context "
+                         f"and finishes with \"length\"")
 
-    def split(self, prompt, params: SamplingParams | None = None,
-              release_gil: bool = False) -> tuple[str | None, list[int], list[int]]:
+    def split(self, prompt, release_gil: bool = False) -> tuple[str | None, list[int], list[int]]:
         """(text or None, token ids, modality per token) of any prompt form."""
         if isinstance(prompt, str):
-            self._check_fits(self.tokenizer.min_num_tokens(prompt), params, len(prompt))
+            self._check_fits(self.tokenizer.min_num_tokens(prompt), len(prompt))
             ids = self.tokenizer.encode(prompt, "prompt", release_gil)
             return prompt, ids, [0] * len(ids)
         text = None
         if isinstance(prompt, dict):
             if "segments" in prompt:
-                return self._split_segments(prompt["segments"], params, release_gil)
+                return self._split_segments(prompt["segments"], release_gil)
             ids, mods = prompt.get("prompt_token_ids"), prompt.get("modality")
             text = prompt.get("prompt")
             if text is not None and not isinstance(text, str):
                 raise ValueError("a prompt dict's \"prompt\" (its text) must be a string")
         else:
             ids, mods = prompt, None
-        return text, *self._check_ids(ids, mods, params)
+        return text, *self._check_ids(ids, mods)
 
-    def _check_ids(self, ids, mods, params: SamplingParams | None) -> tuple[list[int], list[int]]:
+    def _check_ids(self, ids, mods) -> tuple[list[int], list[int]]:
         if not isinstance(ids, (list, tuple)):
             raise ValueError("prompt_token_ids must be a list of integers")
-        self._check_fits(len(ids), params)  # first: the per-id checks below are slow on a huge list
+        self._check_fits(len(ids))  # first: the per-id checks below are slow on a huge list
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
             raise ValueError("prompt_token_ids must be a list of integers")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
@@ -87,13 +89,12 @@ class InputProcessor:
             raise ValueError("modality must be a list of 0 (text) / 1 (code), one per prompt token")
         return list(ids), list(mods)
 
-    def _split_segments(self, segments, params: SamplingParams | None,
-                        release_gil: bool) -> tuple[str, list[int], list[int]]:
+    def _split_segments(self, segments, release_gil: bool) -> tuple[str, list[int], list[int]]:
         for seg in segments:
             if not (isinstance(seg, (list, tuple)) and len(seg) == 2 and seg[0] in ("code", "text")
                     and isinstance(seg[1], str)):
                 raise ValueError(f"segments must be (\"code\" | \"text\", str) pairs, got {seg!r}")
-        self._check_fits(sum(self.tokenizer.min_num_tokens(seg[1]) for seg in segments), params,
+        self._check_fits(sum(self.tokenizer.min_num_tokens(seg[1]) for seg in segments),
                          sum(len(seg[1]) for seg in segments))
         ids, mods, text = [], [], ""
         for i, (modality, seg_text) in enumerate(segments):

@@ -45,6 +45,7 @@ class LLMEngine:
         self.use_threads()
         model_dir = Path(args.model) if args.model is not None else default_model_dir()
         self.config = load_config(model_dir)
+        self.max_model_len = args.resolve_max_model_len(self.config.max_position_embeddings)
         self.model_name = model_dir.resolve().name
         self.served_model_names = args.served_model_names()
         tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
@@ -63,8 +64,9 @@ class LLMEngine:
                                           args.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
                                    self.vocab.generated_modality)
-        self.input_processor = InputProcessor(self.config, tokenizer, self.vocab, args.seed)
-        self.output_processor = OutputProcessor(tokenizer.eos_token_id)
+        self.input_processor = InputProcessor(self.config, tokenizer, self.vocab, args.seed,
+                                              self.max_model_len)
+        self.output_processor = OutputProcessor(tokenizer.eos_token_id, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._log_summary(args, time.perf_counter() - start)
 
@@ -112,9 +114,8 @@ class LLMEngine:
         """InputProcessor.tokenize: any thread may call it (AsyncLLM does, off the engine thread)."""
         return self.input_processor.tokenize(prompt, sampling_params, release_gil)
 
-    def _tokenize(self, prompt, params: SamplingParams | None = None,
-                  release_gil: bool = False) -> tuple[str | None, list[int], list[int]]:
-        return self.input_processor.split(prompt, params, release_gil)
+    def _tokenize(self, prompt, release_gil: bool = False) -> tuple[str | None, list[int], list[int]]:
+        return self.input_processor.split(prompt, release_gil)
 
     def add_request(self, request_id: str, prompt, sampling_params: SamplingParams | None = None) -> None:
         """Queue a prompt (any form `tokenize` takes, or what it returned); ValueError when it
@@ -123,7 +124,9 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         tokens = self.tokenize(prompt, params)
-        self.scheduler.check_fits_cache(len(tokens["prompt_token_ids"]) + params.max_tokens, params.n)
+        # Generation stops at the context: a longer max_tokens needs no more blocks than that.
+        num_tokens = min(len(tokens["prompt_token_ids"]) + params.max_tokens, self.max_model_len)
+        self.scheduler.check_fits_cache(num_tokens, params.n)
         request = self.input_processor.make_request(request_id, tokens, params)
         self.requests[request_id] = request
         self.scheduler.add(request)

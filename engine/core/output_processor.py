@@ -7,12 +7,16 @@ from engine.core.sequence import Request, Sequence
 
 
 class OutputProcessor:
-    def __init__(self, eos_token_id: int | None):
+    def __init__(self, eos_token_id: int | None, max_model_len: int):
         self.eos_token_id = eos_token_id
+        self.max_model_len = max_model_len
 
     def check_stop(self, seq: Sequence, token: int) -> str | None:
         """Why seq stops at the token just appended ("stop" | "length"), or None; a token that does
-        not stop it on its id is detokenised into seq.text first (may raise: the detokenizer)."""
+        not stop it on its id is detokenised into seq.text first (may raise: the detokenizer).
+
+        "length" at max_tokens, or once prompt + output hold max_model_len tokens (vLLM's rule: a
+        prompt of exactly max_model_len tokens still gets the one token its last position gives)."""
         params = seq.request.params
         if token == self.eos_token_id and not params.ignore_eos:
             return "stop"
@@ -22,7 +26,7 @@ class OutputProcessor:
         seq.text += seq.detokenizer.add(token)
         if params.stop_strings and self._truncate_at_stop(seq, old_len):
             return "stop"
-        if seq.num_output_tokens >= params.max_tokens:
+        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None
 

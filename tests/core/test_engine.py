@@ -137,7 +137,7 @@ def test_abort_frees_blocks(codegen_llm):
 @pytest.mark.parametrize("prompt, params, field", [
     ("", SamplingParams(), "prompt"),
     ([], SamplingParams(), "prompt"),
-    ("x", SamplingParams(max_tokens=100000), "max_tokens"),
+    ([1] * 600, SamplingParams(), "max_model_len"),  # longer than the context
     ([10 ** 9], SamplingParams(), "prompt_token_ids"),
     ({"prompt_token_ids": [1, 2], "modality": [0]}, SamplingParams(), "modality"),
 ])

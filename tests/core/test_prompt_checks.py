@@ -66,10 +66,9 @@ def test_prompt_too_long_for_the_context_is_refused_untokenised(llm, monkeypatch
             llm.generate(prompt, SamplingParams(max_tokens=4))
     assert lengths == [] and not engine.has_unfinished_requests()
     # At the bound the characters alone do not rule it out, so it is tokenised (and measured).
-    limit, params = engine.config.max_position_embeddings, SamplingParams(max_tokens=4)
-    at_bound = huge[:engine.tokenizer.max_token_chars * (limit - params.max_tokens)]
+    at_bound = huge[:engine.tokenizer.max_token_chars * engine.max_model_len]
     with contextlib.suppress(ValueError):
-        engine.tokenize(at_bound, params)
+        engine.tokenize(at_bound, SamplingParams(max_tokens=4))
     assert lengths == [len(at_bound)]
 
 

@@ -66,13 +66,19 @@ def test_malformed_json_is_400(client, raw):
                             headers={"content-type": "application/json"}), 400)
 
 
-def test_prompt_beyond_context_is_400(client, tiny_codegen_dir):
+def test_prompt_beyond_context_is_400_one_that_fits_stops_there(client, tiny_codegen_dir):
     context = model_context(tiny_codegen_dir)
-    error = check_error(client.post("/v1/completions", json={"prompt": [1] * context}), 400)
+    error = check_error(client.post("/v1/completions", json={"prompt": [1] * (context + 1)}), 400,
+                        "prompt")
     assert error["code"] == "context_length_exceeded"
-    error = check_error(client.post("/v1/completions",
-                                    json={"prompt": "x", "max_tokens": context + 1}), 400)
-    assert "context" in error["message"]
+    assert "longer than the context" in error["message"]
+    for length, num_tokens in ((context, 1), (context - 2, 2)):
+        body = {"prompt": [1] * length, "max_tokens": context + 1, "temperature": 0,
+                "ignore_eos": True}
+        answer = client.post("/v1/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["finish_reason"] == "length"
+        assert answer.json()["usage"]["completion_tokens"] == num_tokens
 
 
 def test_suffix_is_400(client):
