@@ -65,11 +65,16 @@ class BlockManager:
     def allocate_cached_prefix(self, seq: Sequence) -> None:
         """For a sequence starting from scratch: reuse cached full blocks of its tokens.
 
-        At least one token is always left to compute, so the last block's logits exist."""
+        At least one token is always left to compute, so the last block's logits exist, and so
+        are the positions whose logits prompt logprobs still need (as vLLM, which skips the cache
+        for such requests)."""
         assert not seq.block_table and seq.num_computed_tokens == 0
         if not self.enable_prefix_caching:
             return
         num_full = (seq.num_tokens - 1) // self.block_size
+        needed_from = seq.request.prompt_logprobs_from
+        if needed_from is not None:
+            num_full = min(num_full, needed_from // self.block_size)
         hashes = self._full_block_hashes(seq, num_full)
         hits = []
         for h in hashes:

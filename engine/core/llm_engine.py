@@ -151,7 +151,11 @@ class LLMEngine:
         return self.update(sched, output)
 
     def update(self, sched: SchedulerOutput, output: ModelRunnerOutput) -> list[RequestOutput]:
-        """The scheduler settles the step; failed requests are aborted, the others answered."""
+        """The scheduler settles the step, the output processor its prompt logprobs; failed
+        requests are aborted, the others answered."""
+        for request_id, entries in output.prompt_logprobs.items():
+            if request_id not in output.failed:
+                self.output_processor.add_prompt_logprobs(self.requests[request_id], entries)
         advanced = self.scheduler.update_from_output(sched, output, self.output_processor.check_stop)
         outputs = [self._fail_request(rid, error) for rid, error in output.failed.items()]
         for request in advanced:

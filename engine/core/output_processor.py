@@ -31,6 +31,12 @@ class OutputProcessor:
         return None
 
     @staticmethod
+    def add_prompt_logprobs(request: Request, entries: list[dict[int, float]]) -> None:
+        """Settle the prompt logprobs a step computed for request (they continue its list)."""
+        request.prompt_logprobs += entries
+        assert len(request.prompt_logprobs) <= len(request.prompt_token_ids)
+
+    @staticmethod
     def _truncate_at_stop(seq: Sequence, old_len: int) -> bool:
         stops = seq.request.params.stop_strings
         start = max(0, old_len - max(len(s) for s in stops) + 1)
@@ -53,8 +59,10 @@ class OutputProcessor:
             completions.append(CompletionOutput(
                 seq.index, text, list(seq.output_token_ids), seq.finish_reason,
                 list(seq.logprobs) if seq.logprobs is not None else None, seq.cumulative_logprob))
+        prompt_logprobs = request.prompt_logprobs
         output = RequestOutput(request.request_id, request.prompt, list(request.prompt_token_ids),
-                               completions, request.finished)
+                               completions, request.finished,
+                               prompt_logprobs=None if prompt_logprobs is None else list(prompt_logprobs))
         if error is not None:
             output.error = f"{type(error).__name__}: {error}"
         return output

@@ -26,3 +26,6 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     error: str | None = None    # set (on a finished output) when the request failed in a step
+    # SamplingParams.prompt_logprobs: [None, {token id: logprob}, ...], one per prompt token; it
+    # grows while the prompt is prefilled in chunks and is whole once a token is generated.
+    prompt_logprobs: list[dict[int, float] | None] | None = None

@@ -30,7 +30,9 @@ class SamplingParams:
     times the most likely one). The most likely token always survives. vLLM applies min_p before
     top_k / top_p: the same tokens survive unless top_p and min_p are both set, where vLLM's top_p
     sees the distribution renormalised over min_p's survivors as well, and may keep fewer.
-    logprobs are those of the raw model distribution (no penalties, no temperature), as in vLLM."""
+    logprobs (of each generated token) and prompt_logprobs (of each prompt token after the first)
+    are those of the raw model distribution (no penalties, no temperature), as in vLLM: the token's
+    own logprob plus the k most likely; 0 = the token's own only."""
 
     n: int = 1
     temperature: float = 1.0  # 0 (or below GREEDY_TEMPERATURE) = greedy
@@ -42,6 +44,7 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     seed: int | None = None
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -49,8 +52,8 @@ class SamplingParams:
     stop_strings: list[str] = field(init=False, repr=False)
 
     def __post_init__(self):
-        for name in ("n", "max_tokens", "seed", "logprobs"):
-            _check_int(self, name, optional=name in ("seed", "logprobs"))
+        for name in ("n", "max_tokens", "seed", "logprobs", "prompt_logprobs"):
+            _check_int(self, name, optional=name in ("seed", "logprobs", "prompt_logprobs"))
         # top_k is not bounded: any value at or beyond the vocabulary means "all" (the sampler clamps).
         _check(self, _is_int(self.top_k), "top_k", "must be an integer")
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
@@ -67,8 +70,10 @@ class SamplingParams:
                "repetition_penalty", f"must be in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}]")
         _check(self, -2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
         _check(self, -2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]")
-        if self.logprobs is not None:
-            _check(self, 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs", f"must be in [0, {MAX_LOGPROBS}]")
+        for name in ("logprobs", "prompt_logprobs"):
+            if getattr(self, name) is not None:
+                _check(self, 0 <= getattr(self, name) <= MAX_LOGPROBS, name,
+                       f"must be in [0, {MAX_LOGPROBS}]")
         self.stop_strings = self._stop_strings()
         if self.stop_token_ids is not None:
             _check(self, isinstance(self.stop_token_ids, (list, tuple)) and all(

@@ -27,8 +27,11 @@ class SchedulerOutput:
 
 @dataclass
 class ModelRunnerOutput:
-    """What one step produced: the sequences that sampled, their samples in the same order, and
-    the requests that made the step fail (request id -> error; they get no samples)."""
+    """What one step produced: the sequences that sampled, their samples in the same order, the
+    requests that made the step fail (request id -> error; they get no samples), and the prompt
+    logprobs the step's prefill chunks computed (request id -> entries, continuing its
+    Request.prompt_logprobs)."""
     seqs: list[Sequence]
     sampled: "SampleResult"  # engine.worker.sampler.SampleResult: token_ids, logprobs, top_logprobs
     failed: dict[str, Exception] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[dict[int, float]]] = field(default_factory=dict)

@@ -68,6 +68,22 @@ class Request:
     params: SamplingParams
     arrival_index: int
     seqs: list[Sequence] = field(default_factory=list)
+    # SamplingParams.prompt_logprobs: None for the first prompt token, then one {token id:
+    # logprob} per prompt token as the prefill reaches it (vLLM's shape); None when not asked.
+    prompt_logprobs: list[dict[int, float] | None] | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None]
+
+    @property
+    def prompt_logprobs_from(self) -> int | None:
+        """The first prompt position whose logits prompt logprobs still need (position p gives the
+        logprob of prompt token p + 1), or None: not asked, or all known. Those positions must be
+        computed, not taken from the prefix cache."""
+        if self.prompt_logprobs is None or len(self.prompt_logprobs) >= len(self.prompt_token_ids):
+            return None
+        return len(self.prompt_logprobs) - 1
 
     @property
     def finished(self) -> bool:

@@ -29,11 +29,12 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_blocks] int32
     seq_lens: torch.Tensor      # [num_seqs] int32
     cu_seqlens_q: torch.Tensor  # [num_seqs + 1] int32
-    # The rows whose last-layer output is needed (each sampling sequence's last row), when that is
-    # fewer than all: the last layer stores every row's K and V but runs attention, the output
-    # projection and the MLP on these rows only (a prefill chunk samples one row in ~100s).
+    # The rows whose last-layer output is needed (each sampling sequence's last row, and the rows
+    # of prompt logprobs), when that is fewer than all: the last layer stores every row's K and V
+    # but runs attention, the output projection and the MLP on these rows only (a prefill chunk
+    # samples one row in ~100s). A sequence's kept rows are the last of its chunk.
     last_rows: torch.Tensor | None = None         # [num_kept] int64, ascending
-    last_cu_seqlens_q: torch.Tensor | None = None  # [num_seqs + 1] int32: 0 or 1 kept row per sequence
+    last_cu_seqlens_q: torch.Tensor | None = None  # [num_seqs + 1] int32: kept rows per sequence
 
 
 class PagedAttention(nn.Module):

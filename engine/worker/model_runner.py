@@ -3,6 +3,7 @@ into one flat batch, runs the forward pass, and samples the rows that need a tok
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -10,14 +11,18 @@ import torch
 
 from engine.config import CacheConfig, ModelConfig
 from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
+from engine.core.sequence import Request, Sequence
 from engine.layers.attention import AttentionMetadata
 from engine.layers.bf16 import pack_linears
 from engine.layers.quant import quantize_linears
 from engine.worker.kv_cache import KVCache
-from engine.worker.sampler import SampleResult, sample
+from engine.worker.sampler import SampleResult, sample, token_logprobs
 from engine.worker.weights import load_model, release_freed_memory
 
 logger = logging.getLogger(__name__)
+
+# Prompt logprobs make the logits of this many rows at a time ([256, 51200] fp32 is 52 MB).
+PROMPT_LOGPROB_ROWS = 256
 
 
 # "int8": int8 linear weights and per-token int8 GEMM inputs, bfloat16 elsewhere (engine/layers/quant.py).
@@ -89,6 +94,22 @@ def select_ops(name: str, device: torch.device):
     raise ValueError(f"attention_backend must be 'auto', 'torch', 'cpu' or 'triton', got {name!r}")
 
 
+def prompt_logprob_positions(seq: Sequence, start: int, end: int) -> range:
+    """The positions of seq's chunk [start, end) whose logits give prompt logprobs still missing."""
+    needed_from = seq.request.prompt_logprobs_from
+    if needed_from is None:
+        return range(0)
+    return range(max(start, needed_from), min(end, seq.num_prompt_tokens - 1))
+
+
+@dataclass
+class _Rows:
+    """The rows of a step's last-layer output that give logits (indices into that output)."""
+    sample: list[int]                 # per sampling sequence (forks share their parent's row)
+    sample_seqs: list[Sequence]
+    prompt: list[tuple[Request, list[int], list[int]]]  # (request, rows, prompt token of each row)
+
+
 class ModelRunner:
     def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
                  device: torch.device, attention_backend: str, cache: CacheConfig,
@@ -129,7 +150,6 @@ class ModelRunner:
         bs = self.block_size
         input_ids, modality, positions, slots = [], [], [], []
         cu_seqlens_q, seq_lens, tables = [0], [], []
-        sample_rows, sample_seqs = [], []
         for item in items:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
@@ -141,10 +161,6 @@ class ModelRunner:
             cu_seqlens_q.append(cu_seqlens_q[-1] + item.num_new_tokens)
             seq_lens.append(end)
             tables.append(table)
-            if item.sample:
-                for s in [seq, *item.forks]:
-                    sample_rows.append(cu_seqlens_q[-1] - 1)
-                    sample_seqs.append(s)
         width = max(len(t) for t in tables)
         block_tables = torch.zeros(len(tables), width, dtype=torch.int32)
         for i, t in enumerate(tables):
@@ -157,18 +173,47 @@ class ModelRunner:
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             cu_seqlens_q=torch.tensor(cu_seqlens_q, dtype=torch.int32, device=dev),
         )
-        kept = {r: i for i, r in enumerate(sorted(set(sample_rows)))}  # forks share their parent's row
-        if len(kept) < len(input_ids):
-            # The last layer needs only these rows, each its sequence's last (kept_cu: 1 per sampler).
-            kept_cu = [0]
-            for b in range(len(seq_lens)):
-                kept_cu.append(kept_cu[-1] + (cu_seqlens_q[b + 1] - 1 in kept))
-            meta.last_rows = torch.tensor(list(kept), dtype=torch.int64, device=dev)
-            meta.last_cu_seqlens_q = torch.tensor(kept_cu, dtype=torch.int32, device=dev)
-            sample_rows = [kept[r] for r in sample_rows]
+        rows = self._select_rows(items, cu_seqlens_q, meta)
         ids = torch.tensor(input_ids, dtype=torch.int64, device=dev)
         mods = torch.tensor(modality, dtype=torch.int64, device=dev)
-        return ids, mods, meta, sample_rows, sample_seqs
+        return ids, mods, meta, rows
+
+    def _select_rows(self, items: list[ScheduledSeq], cu_seqlens_q: list[int],
+                     meta: AttentionMetadata) -> _Rows:
+        """The rows whose logits the step needs: each sampling sequence's last row, and the rows
+        of prompt positions whose logits give prompt logprobs still missing. When those are
+        fewer than all, meta.last_rows keeps only them through the last layer."""
+        needed: list[list[int]] = []  # per sequence, ascending
+        rows = _Rows([], [], [])
+        for b, item in enumerate(items):
+            seq, start = item.seq, item.seq.num_computed_tokens
+            first_row, last_row = cu_seqlens_q[b], cu_seqlens_q[b + 1] - 1
+            wanted = prompt_logprob_positions(seq, start, start + item.num_new_tokens)
+            kept = [first_row + p - start for p in wanted]
+            if kept:  # position p gives the logprob of token p + 1
+                rows.prompt.append((seq.request, list(kept),
+                                    seq.token_ids[wanted.start + 1:wanted.stop + 1]))
+            if item.sample:
+                if not kept or kept[-1] != last_row:
+                    kept.append(last_row)
+                for s in [seq, *item.forks]:  # forks share their parent's row
+                    rows.sample.append(last_row)
+                    rows.sample_seqs.append(s)
+            # The last layer's attention takes a sequence's kept rows as the last queries of its chunk.
+            assert kept == list(range(last_row + 1 - len(kept), last_row + 1)), kept
+            needed.append(kept)
+        flat = [r for kept in needed for r in kept]
+        if len(flat) < cu_seqlens_q[-1]:
+            dev = self.device
+            kept_cu = [0]
+            for kept in needed:
+                kept_cu.append(kept_cu[-1] + len(kept))
+            meta.last_rows = torch.tensor(flat, dtype=torch.int64, device=dev)
+            meta.last_cu_seqlens_q = torch.tensor(kept_cu, dtype=torch.int32, device=dev)
+            index = {r: i for i, r in enumerate(flat)}
+            rows.sample = [index[r] for r in rows.sample]
+            rows.prompt = [(req, [index[r] for r in kept], targets) for req, kept, targets in rows.prompt]
+        return rows
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
@@ -178,35 +223,50 @@ class ModelRunner:
         failures (request id -> error); the other requests get what a batch without it gives."""
         # Once, before any attempt: a re-run must not copy over a block that the failed one wrote.
         self.cache.copy_blocks(sched.block_copies)
-        return ModelRunnerOutput(*self._execute_isolating(sched.scheduled))
+        return self._execute_isolating(sched.scheduled)
 
-    def _execute_isolating(self, items: list[ScheduledSeq]):
+    def _execute_isolating(self, items: list[ScheduledSeq]) -> ModelRunnerOutput:
         """Run items as one batch; if that raises, bisect by request until the requests that
         raise on their own are found. Re-running is safe: a failed attempt changed nothing but
         the KV slots of these tokens, which the next attempt writes again (the sampler draws only
         once nothing can fail)."""
         try:
-            return *self._execute_batch(items), {}
+            return self._execute_batch(items)
         except Exception as exc:
             error = exc  # bisect outside the handler: each failure keeps its own traceback
         request_ids = list(dict.fromkeys(item.seq.request.request_id for item in items))
         if len(request_ids) == 1:
-            return [], SampleResult([], [], []), {request_ids[0]: error}
+            return ModelRunnerOutput([], SampleResult([], [], []), {request_ids[0]: error})
         logger.warning("a step of %d requests failed (%s: %s); re-running them in halves",
                        len(request_ids), type(error).__name__, error)
         first = set(request_ids[:len(request_ids) // 2])
-        seqs_a, result_a, failed_a = self._execute_isolating(
-            [item for item in items if item.seq.request.request_id in first])
-        seqs_b, result_b, failed_b = self._execute_isolating(
-            [item for item in items if item.seq.request.request_id not in first])
-        return seqs_a + seqs_b, result_a + result_b, {**failed_a, **failed_b}
+        a = self._execute_isolating([item for item in items if item.seq.request.request_id in first])
+        b = self._execute_isolating([item for item in items if item.seq.request.request_id not in first])
+        return ModelRunnerOutput(a.seqs + b.seqs, a.sampled + b.sampled, {**a.failed, **b.failed},
+                                 {**a.prompt_logprobs, **b.prompt_logprobs})
 
-    def _execute_batch(self, items: list[ScheduledSeq]) -> tuple[list, SampleResult]:
-        ids, mods, meta, rows, seqs = self._prepare(items)
+    def _execute_batch(self, items: list[ScheduledSeq]) -> ModelRunnerOutput:
+        ids, mods, meta, rows = self._prepare(items)
         hidden = self.model(ids, mods, self.remap, meta)
-        if not rows:
-            return [], SampleResult([], [], [])
-        return seqs, sample(self.logits(hidden[rows]).cpu(), seqs)
+        # Before the sampler: its draws must come after everything that can fail.
+        prompt_logprobs = {request.request_id: self._prompt_logprobs(hidden[kept], targets,
+                                                                     request.params.prompt_logprobs)
+                           for request, kept, targets in rows.prompt}
+        sampled = SampleResult([], [], [])
+        if rows.sample:
+            sampled = sample(self.logits(hidden[rows.sample]).cpu(), rows.sample_seqs)
+        return ModelRunnerOutput(rows.sample_seqs, sampled, {}, prompt_logprobs)
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, token_ids: list[int],
+                         num_top: int) -> list[dict[int, float]]:
+        """hidden: [rows, hidden] of prompt positions; token_ids: the prompt token each predicts.
+        The logits are made a slice at a time: a long prompt's would not fit in memory at once."""
+        entries = []
+        for i in range(0, len(token_ids), PROMPT_LOGPROB_ROWS):
+            logits = self.logits(hidden[i:i + PROMPT_LOGPROB_ROWS])
+            ids = token_ids[i:i + PROMPT_LOGPROB_ROWS]
+            entries += token_logprobs(logits, ids, [num_top] * len(ids))[1]
+        return entries
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] final hidden states -> [rows, sample_vocab_size] fp32 logits, ids that are

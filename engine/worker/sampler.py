@@ -90,17 +90,28 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         # consumed no random numbers: the others, re-run without it, draw what they would have.
         for j, i in enumerate(rows):
             token_ids[i] = int(torch.multinomial(probs[j], 1, generator=seqs[i].generator))
-    # log_softmax of the raw logits; materialised only for rows that ask for top logprobs.
-    log_norm = raw_logits.logsumexp(dim=-1)  # [rows]
-    chosen = (raw_logits.gather(1, torch.tensor(token_ids)[:, None])[:, 0] - log_norm).tolist()
-    top: list[dict[int, float] | None] = []
-    for i, p in enumerate(params):
-        if p.logprobs is None:
-            top.append(None)
-            continue
-        entry = {token_ids[i]: chosen[i]}
-        if p.logprobs > 0:
-            vals, ids = raw_logits[i].topk(min(p.logprobs, vocab))
-            entry.update(zip(ids.tolist(), (vals - log_norm[i]).tolist()))
-        top.append(entry)
+    chosen, top = token_logprobs(raw_logits, token_ids, [p.logprobs for p in params])
     return SampleResult(token_ids, chosen, top)
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: list[int], num_top: list[int | None]
+                   ) -> tuple[list[float], list[dict[int, float] | None]]:
+    """The logprob (log_softmax of the logits, fp32) of token_ids[i] in row i, and per row whose
+    num_top[i] is not None vLLM's logprobs entry: {that token: its logprob, then the num_top[i]
+    most likely: theirs} (num_top[i] or num_top[i] + 1 items). logits: [rows, vocab]; ids masked
+    to -inf, and prompt ids at or beyond vocab (padding rows, never sampled), have logprob -inf.
+    The one rule for sampled and prompt logprobs."""
+    vocab = logits.shape[1]
+    log_norm = logits.logsumexp(dim=-1)  # [rows]
+    index = torch.tensor([min(t, vocab - 1) for t in token_ids], device=logits.device)[:, None]
+    chosen = (logits.gather(1, index)[:, 0] - log_norm).tolist()
+    chosen = [lp if t < vocab else float("-inf") for t, lp in zip(token_ids, chosen)]
+    entries = [None if k is None else {t: lp} for t, lp, k in zip(token_ids, chosen, num_top)]
+    rows = [i for i, k in enumerate(num_top) if k]  # the full log_softmax only for these
+    if rows:
+        values, ids = logits[rows].topk(min(max(num_top[i] for i in rows), vocab))
+        values -= log_norm[rows, None]
+        for j, i in enumerate(rows):
+            k = num_top[i]
+            entries[i].update(zip(ids[j, :k].tolist(), values[j, :k].tolist()))
+    return chosen, entries

@@ -11,8 +11,9 @@ from engine.core.sequence import Request, Sequence
 BLOCK = 4
 
 
-def make_seq(token_ids, n=1, seq_id=0) -> Sequence:
-    request = Request(f"r{seq_id}", None, list(token_ids), [0] * len(token_ids), SamplingParams(n=n), seq_id)
+def make_seq(token_ids, n=1, seq_id=0, **params) -> Sequence:
+    request = Request(f"r{seq_id}", None, list(token_ids), [0] * len(token_ids),
+                      SamplingParams(n=n, **params), seq_id)
     request.seqs = [Sequence(seq_id * 10 + i, request, i) for i in range(n)]
     return request.seqs[0]
 
@@ -38,6 +39,22 @@ def test_allocate_and_free_returns_every_block():
     assert all(bm.ref_counts[b] == 1 for b in seq.block_table)
     bm.free_seq(seq)
     assert bm.num_free_blocks == 8 and not any(bm.ref_counts) and seq.block_table == []
+
+
+def test_prompt_logprobs_take_no_cached_block_of_a_position_they_need():
+    bm = BlockManager(8, BLOCK)
+    compute(bm, make_seq(range(10)), 10)
+    scored = make_seq(range(10), seq_id=1, prompt_logprobs=0)
+    bm.allocate_cached_prefix(scored)
+    assert scored.block_table == [] and scored.num_computed_tokens == 0
+    # Preempted once positions 0..4 gave their logprobs: the first block may come from the cache.
+    scored.request.prompt_logprobs += [{}] * 5
+    bm.allocate_cached_prefix(scored)
+    assert scored.num_computed_tokens == BLOCK
+    bm.free_seq(scored)
+    scored.request.prompt_logprobs += [{}] * 4   # all known: like any other request
+    bm.allocate_cached_prefix(scored)
+    assert scored.num_computed_tokens == 2 * BLOCK
 
 
 def test_prefix_reuse_takes_the_full_blocks_only():

@@ -11,6 +11,7 @@ from engine.worker.sampler import sample
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 SEEDED = SamplingParams(n=2, temperature=0.9, seed=7, max_tokens=10, ignore_eos=True)
+SCORED = SamplingParams(prompt_logprobs=2, temperature=0, max_tokens=10, ignore_eos=True)
 MARK = 7  # a token only the poison's prompt holds, to spot it in the forward pass
 
 
@@ -22,7 +23,8 @@ def llm_engine(tiny_codegen_dir):
 def survivors(vocab: int) -> dict:
     rng = random.Random(5)
     prompts = [[rng.randrange(MARK + 1, vocab) for _ in range(rng.randint(3, 40))] for _ in range(8)]
-    return {f"r{i}": (ids, SEEDED if i == 3 else GREEDY) for i, ids in enumerate(prompts)}
+    kinds = {3: SEEDED, 5: SCORED}
+    return {f"r{i}": (ids, kinds.get(i, GREEDY)) for i, ids in enumerate(prompts)}
 
 
 def run(eng: LLMEngine, requests: dict, setup=None) -> dict:
@@ -40,7 +42,9 @@ def run(eng: LLMEngine, requests: dict, setup=None) -> dict:
 
 
 def tokens(finals: dict) -> dict:
-    return {rid: [c.token_ids for c in out.outputs] for rid, out in finals.items()}
+    """The tokens of every sample, and the prompt logprobs, of each request."""
+    return {rid: ([c.token_ids for c in out.outputs], out.prompt_logprobs)
+            for rid, out in finals.items()}
 
 
 class BrokenDetokenizer:

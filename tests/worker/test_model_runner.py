@@ -24,8 +24,8 @@ def runner(tiny_codegen_dir):
                        vocab=Vocabulary(config.vocab_size), sample_vocab_size=config.vocab_size)
 
 
-def placed(bm: BlockManager, ids: list[int], index: int) -> Sequence:
-    request = Request(f"r{index}", None, ids, [0] * len(ids), GREEDY, index)
+def placed(bm: BlockManager, ids: list[int], index: int, params=GREEDY) -> Sequence:
+    request = Request(f"r{index}", None, ids, [0] * len(ids), params, index)
     seq = Sequence(index, request, 0)
     seq.generator = torch.Generator().manual_seed(0)
     request.seqs.append(seq)
@@ -51,6 +51,33 @@ def test_a_chunk_that_does_not_reach_the_end_samples_nothing(runner):
     assert output.seqs == [] and output.sampled.token_ids == [] and not output.failed
     written = runner.kv_cache[:, :, seq.block_table[0]]
     assert written.abs().sum() > 0  # the chunk's keys and values are in the cache
+
+
+def test_prompt_logprob_rows_go_through_the_last_layer(runner, tiny_codegen_dir, monkeypatch):
+    bm = BlockManager(runner.num_kv_blocks, BLOCK)
+    scored = placed(bm, [5, 9, 2, 7, 11, 3, 8, 4, 6], 0, SamplingParams(prompt_logprobs=1))
+    first = runner.execute(SchedulerOutput([ScheduledSeq(scored, 2, False)], []))
+    scored.request.prompt_logprobs += first.prompt_logprobs["r0"]  # tokens 1 and 2
+    scored.num_computed_tokens = 1  # this chunk recomputes position 1, whose logprob is known
+    other = placed(bm, [8, 1, 4], 1)
+    metas = []
+    real = runner.model.forward
+    monkeypatch.setattr(runner.model, "forward", lambda ids, mods, remap, meta: (
+        metas.append(meta), real(ids, mods, remap, meta))[1])
+    output = runner.execute(SchedulerOutput([ScheduledSeq(scored, 6, False),
+                                             ScheduledSeq(other, 3, True)], []))
+    # scored's chunk covers positions 1..6; 2..6 give the logprobs of tokens 3..7.
+    assert metas[0].last_rows.tolist() == [1, 2, 3, 4, 5, 8]
+    assert metas[0].last_cu_seqlens_q.tolist() == [0, 5, 6]
+    assert output.seqs == [other] and list(output.prompt_logprobs) == ["r0"]
+    ids = scored.token_ids
+    with torch.no_grad():
+        ref = hf_model(tiny_codegen_dir)(torch.tensor([ids])).logits[0].log_softmax(-1)
+    entries = scored.request.prompt_logprobs[1:] + output.prompt_logprobs["r0"]
+    assert [next(iter(e)) for e in entries] == ids[1:8]
+    for p, entry in enumerate(entries):
+        assert entry[ids[p + 1]] == pytest.approx(ref[p, ids[p + 1]].item(), abs=1e-4)
+        assert max(entry, key=entry.get) == int(ref[p].argmax())
 
 
 def test_block_copies_run_before_the_forward_pass(runner):
