@@ -208,16 +208,11 @@ class CompletionHandler:
         choices = []
         for index, output in enumerate(tracker.outputs):
             for completion in output.outputs:
-                prefix, prefix_ids = self._echo(req, output)
-                logprobs = None
-                if req.logprobs is not None:
-                    logprobs = self._logprobs(completion, 0, prefix_ids, 0)
                 choices.append({"index": index * tracker.n + completion.index,
-                                "text": prefix + completion.text, "logprobs": logprobs,
-                                "finish_reason": completion.finish_reason})
+                                **self._choice(req, output, completion, 0, 0, True)})
         choices.sort(key=lambda c: c["index"])
         tracker.finish("success")
-        return JSONResponse({**header, "choices": choices, "usage": tracker.usage()})
+        return JSONResponse({**header, "choices": choices, "usage": _usage(req, tracker)})
 
     async def _stream(self, req, header, ids, streams, tracker, include_usage: bool):
         done = False
@@ -225,21 +220,15 @@ class CompletionHandler:
             async for index, output in self._merged(streams):
                 chunk_choices = []
                 for choice_index, completion, old_tokens, old_chars in tracker.update(index, output):
-                    prefix, prefix_ids = self._echo(req, output)
-                    first = old_tokens == 0 and old_chars == 0   # echo the prompt once
-                    text = (prefix if first else "") + completion.text[old_chars:]
-                    logprobs = None
-                    if req.logprobs is not None:
-                        logprobs = self._logprobs(completion, old_tokens, prefix_ids if first else [],
-                                                  0 if first else len(prefix) + old_chars)
-                    if text or completion.finish_reason or (logprobs and logprobs["tokens"]):
-                        chunk_choices.append({"index": choice_index, "text": text,
-                                              "logprobs": logprobs,
-                                              "finish_reason": completion.finish_reason})
+                    first = old_tokens == 0 and old_chars == 0   # echo the prompt once, first
+                    choice = self._choice(req, output, completion, old_tokens, old_chars, first)
+                    logprobs = choice["logprobs"]
+                    if choice["text"] or choice["finish_reason"] or (logprobs and logprobs["tokens"]):
+                        chunk_choices.append({"index": choice_index, **choice})
                 if chunk_choices:
                     yield _sse({**header, "choices": chunk_choices})
             if include_usage:
-                yield _sse({**header, "choices": [], "usage": tracker.usage()})
+                yield _sse({**header, "choices": [], "usage": _usage(req, tracker)})
             done = True
             tracker.finish("success")
         except (EngineClosed, EngineError) as exc:
@@ -256,30 +245,36 @@ class CompletionHandler:
                 tracker.finish("aborted")
         yield "data: [DONE]\n\n"
 
-    def _echo(self, req, output) -> tuple[str, list[int]]:
-        """The prompt text and ids to prepend to a choice when echo is set."""
-        if not req.echo:
-            return "", []
-        ids = list(output.prompt_token_ids)
-        text = output.prompt if isinstance(output.prompt, str) else self.tokenizer.decode(ids)
-        return text, ids
+    def _choice(self, req, output, completion, old_tokens: int, old_chars: int, first: bool) -> dict:
+        """The text, logprobs and finish reason of a choice from its old_tokens-th token and
+        old_chars-th character on. With echo the prompt (and its logprobs) comes first, in the
+        choice's first chunk (first), as OpenAI and vLLM answer; echo_only (max_tokens 0) returns
+        no generated token: the one made to score the prompt is dropped."""
+        text, pairs, offset = "", [], old_chars
+        if req.echo and (first or req.logprobs is not None):
+            ids = list(output.prompt_token_ids)
+            prompt_text = output.prompt if isinstance(output.prompt, str) else self.tokenizer.decode(ids)
+            if first:
+                text, offset = prompt_text, 0
+                pairs = list(zip(ids, output.prompt_logprobs or [None] * len(ids)))
+            else:  # later text follows the echoed prompt
+                offset += len(prompt_text)
+        if not req.echo_only:
+            text += completion.text[old_chars:]
+            pairs += zip(completion.token_ids[old_tokens:], (completion.logprobs or [])[old_tokens:])
+        logprobs = None if req.logprobs is None else self._logprobs(pairs, offset)
+        return {"text": text, "logprobs": logprobs, "finish_reason": completion.finish_reason}
 
-    def _logprobs(self, completion, start: int, prefix_ids: list[int], offset: int) -> dict:
-        """OpenAI's logprobs object for prefix_ids (prompt, no logprobs) + generated tokens[start:]."""
+    def _logprobs(self, pairs: list[tuple[int, dict | None]], offset: int) -> dict:
+        """OpenAI's legacy logprobs object for (token id, its {token id: logprob} entry or None:
+        the first prompt token) pairs, the first token at text offset `offset`."""
         tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
-        for token_id in prefix_ids:
+        for token_id, entry in pairs:
             text = self._token_text(token_id)
             tokens.append(text)
-            token_logprobs.append(None)
-            top_logprobs.append(None)
-            text_offset.append(offset)
-            offset += len(text)
-        entries = completion.logprobs or []
-        for token_id, entry in zip(completion.token_ids[start:], entries[start:]):
-            text = self._token_text(token_id)
-            tokens.append(text)
-            token_logprobs.append(_finite(entry.get(token_id)))
-            top_logprobs.append({self._token_text(t): _finite(lp) for t, lp in entry.items()})
+            token_logprobs.append(None if entry is None else _finite(entry.get(token_id)))
+            top_logprobs.append(None if entry is None else
+                                {self._token_text(t): _finite(lp) for t, lp in entry.items()})
             text_offset.append(offset)
             offset += len(text)
         return {"tokens": tokens, "token_logprobs": token_logprobs,
@@ -333,6 +328,13 @@ class _DisconnectAwareStreamingResponse(StreamingResponse):
 async def _wait_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _usage(req, tracker: _Tracker) -> dict:
+    usage = tracker.usage()
+    if req.echo_only:  # the token made to score the prompt is not returned
+        usage.update(completion_tokens=0, total_tokens=usage["prompt_tokens"])
+    return usage
 
 
 def _finite(value):

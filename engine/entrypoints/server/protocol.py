@@ -86,6 +86,9 @@ class CompletionRequest(BaseModel):
             raise _FieldError("prompt", "prompt is required")
         elif self.prompt == [] or self.prompt == "" or any(p in ("", []) for p in _as_list(self.prompt)):
             raise _FieldError("prompt", "prompt must not be empty")
+        if self.max_tokens == 0 and not self.echo:
+            raise _FieldError("max_tokens", "max_tokens 0 (score the prompt, generate nothing) "
+                              "needs echo: true")
         if self.best_of is not None and self.best_of != (self.n or 1):
             raise _FieldError("best_of", "best_of is not supported (it must equal n)")
         if self.logit_bias:
@@ -95,6 +98,11 @@ class CompletionRequest(BaseModel):
             if len(stops) > 16 or any(not s for s in stops):
                 raise _FieldError("stop", "stop must be up to 16 non-empty strings")
         return self
+
+    @property
+    def echo_only(self) -> bool:
+        """echo with max_tokens 0 (scoring): the answer is the prompt, with its logprobs."""
+        return bool(self.echo) and self.max_tokens == 0
 
     def prompts(self) -> list:
         """The engine prompts of this request: strings, token-id lists or one segments dict."""
@@ -118,10 +126,12 @@ class CompletionRequest(BaseModel):
             top_p=given(self.top_p, 1.0),
             top_k=given(self.top_k, 0),
             min_p=given(self.min_p, 0.0),
-            max_tokens=given(self.max_tokens, 16),
+            # echo_only: the engine makes one token (from the prompt's last logits) it is not returned
+            max_tokens=1 if self.echo_only else given(self.max_tokens, 16),
             stop=stop or None,
             seed=self.seed,
             logprobs=self.logprobs,
+            prompt_logprobs=self.logprobs if self.echo else None,  # echoed tokens get theirs
             presence_penalty=given(self.presence_penalty, 0.0),
             frequency_penalty=given(self.frequency_penalty, 0.0),
             repetition_penalty=given(self.repetition_penalty, 1.0),
