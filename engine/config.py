@@ -144,6 +144,15 @@ class ConfigFields:
         return hidden, num_heads
 
 
+def checkpoint_files() -> tuple[str, ...]:
+    """The files of a checkpoint besides its weights: those the loader reads (this module,
+    engine/tokenizer.py, engine/codeclm.py) or transformers wants next to them
+    (special_tokens_map.json). `codeinfer convert` copies them; a Hub id fetches them."""
+    from engine.codeclm import MAP_FILE  # codeclm -> tokenizer -> this module
+    return ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", MAP_FILE)
+
+
 def _model_class(f: ConfigFields):
     """The model class (engine/models/) of the first supported name in `architectures`."""
     from engine.models import MODEL_REGISTRY

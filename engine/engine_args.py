@@ -47,8 +47,12 @@ def _option(default, help: str, *, choices: tuple | None = None, flag: str | Non
 @dataclass
 class EngineArgs:
     model: str | None = _option(
-        None, "checkpoint folder (config.json + safetensors + tokenizer); default: the bundled "
+        None, "checkpoint folder (config.json + safetensors or pytorch_model.bin + tokenizer) or "
+              "Hugging Face Hub id (org/name: fetched into the Hugging Face cache, HF_HOME / "
+              "HF_HUB_CACHE; only the cache with HF_HUB_OFFLINE=1); default: the bundled "
               f"{DEFAULT_MODEL} model")
+    revision: str | None = _option(
+        None, "Hub branch, tag or commit of a Hub id `model` (default: main)")
     dtype: str = _option(
         "auto", "weight/activation dtype (auto = int8 on the CPU for models with 50M+ linear weights, "
                 "else bfloat16; int8 = int8 linear weights and per-token int8 GEMM inputs, bfloat16 "
@@ -91,6 +95,8 @@ class EngineArgs:
               "name)", metavar="NAME", parse=str, nargs="+")
 
     def __post_init__(self):
+        if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
+            raise ValueError(f"revision must be a non-empty string or None, got {self.revision!r}")
         for f in dataclasses.fields(self):
             low, value = f.metadata["minimum"], getattr(self, f.name)
             if low is None:

@@ -26,14 +26,15 @@ def test_cli_defaults_are_the_field_defaults():
 def test_cli_flags_set_every_field():
     parser = argparse.ArgumentParser()
     EngineArgs.add_cli_args(parser)
-    args = parser.parse_args(["--model", "m", "--dtype", "int8", "--device", "cpu",
+    args = parser.parse_args(["--model", "m", "--revision", "v1", "--dtype", "int8",
+                              "--device", "cpu",
                               "--attention-backend", "torch", "--block-size", "8",
                               "--num-kv-blocks", "64", "--max-num-seqs", "4",
                               "--max-num-batched-tokens", "512", "--max-model-len", "256",
                               "--no-prefix-caching", "--seed", "3",
                               "--kv-cache-dtype", "int8", "--kv-cache-memory", "1MiB", "--threads", "2"])
     assert EngineArgs.from_cli_args(args) == EngineArgs(
-        model="m", dtype="int8", device="cpu", attention_backend="torch", block_size=8,
+        model="m", revision="v1", dtype="int8", device="cpu", attention_backend="torch", block_size=8,
         num_kv_blocks=64, max_num_seqs=4, max_num_batched_tokens=512, max_model_len=256,
         enable_prefix_caching=False,
         seed=3, kv_cache_dtype="int8", kv_cache_memory_bytes=1 << 20, num_threads=2)

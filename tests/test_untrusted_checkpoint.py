@@ -268,7 +268,7 @@ def _contents(folder) -> bytes:
 
 
 def test_convert_copies_only_checkpoint_files(tmp_path, tiny_gptneo_dir):
-    from engine.entrypoints.cli.convert import convert_bin_to_safetensors
+    from engine.worker.convert import convert_bin_to_safetensors
     src = _bin_source(tmp_path, tiny_gptneo_dir)
     (src / "secret.json").symlink_to(tmp_path / "outside" / "shadow")
     (src / "notes.txt").write_bytes(SECRET)  # not a checkpoint file: not copied either
@@ -284,7 +284,7 @@ def test_convert_copies_only_checkpoint_files(tmp_path, tiny_gptneo_dir):
 
 @pytest.mark.parametrize("name", ["tokenizer.json", "pytorch_model.bin"])
 def test_convert_refuses_links_out_of_the_source(tmp_path, tiny_gptneo_dir, name):
-    from engine.entrypoints.cli.convert import convert_bin_to_safetensors
+    from engine.worker.convert import convert_bin_to_safetensors
     src = _bin_source(tmp_path, tiny_gptneo_dir)
     (src / name).unlink()
     (src / name).symlink_to(tmp_path / "outside" / "shadow")
@@ -295,7 +295,7 @@ def test_convert_refuses_links_out_of_the_source(tmp_path, tiny_gptneo_dir, name
 
 def test_convert_follows_links_inside_a_hub_snapshot(tmp_path, tiny_gptneo_dir):
     # The Hugging Face cache: <repo>/snapshots/<rev>/<file> -> ../../blobs/<hash>.
-    from engine.entrypoints.cli.convert import convert_bin_to_safetensors
+    from engine.worker.convert import convert_bin_to_safetensors
     plain = _bin_source(tmp_path, tiny_gptneo_dir)
     repo = tmp_path / "models--x--tiny"
     (repo / "blobs").mkdir(parents=True)
@@ -310,7 +310,7 @@ def test_convert_follows_links_inside_a_hub_snapshot(tmp_path, tiny_gptneo_dir):
 
 
 def test_convert_never_widens_permissions(tmp_path, tiny_gptneo_dir):
-    from engine.entrypoints.cli.convert import convert_bin_to_safetensors
+    from engine.worker.convert import convert_bin_to_safetensors
     src = _bin_source(tmp_path, tiny_gptneo_dir)
     (src / "pytorch_model.bin").chmod(0o600)
     (src / "config.json").chmod(0o640)
@@ -323,7 +323,7 @@ def test_convert_never_widens_permissions(tmp_path, tiny_gptneo_dir):
 
 
 def test_convert_writes_no_file_through_a_link_in_the_destination(tmp_path, tiny_gptneo_dir):
-    from engine.entrypoints.cli.convert import convert_bin_to_safetensors
+    from engine.worker.convert import convert_bin_to_safetensors
     src = _bin_source(tmp_path, tiny_gptneo_dir)
     dst = tmp_path / "dst"
     dst.mkdir()
@@ -336,8 +336,35 @@ def test_convert_writes_no_file_through_a_link_in_the_destination(tmp_path, tiny
 
 
 def test_convert_refuses_a_bin_that_is_not_a_dict(tmp_path):
-    from engine.entrypoints.cli.convert import convert_bin_to_safetensors
+    from engine.worker.convert import convert_bin_to_safetensors
     (tmp_path / "src").mkdir()
     torch.save([torch.ones(2)], tmp_path / "src" / "pytorch_model.bin")
     with pytest.raises(ValueError, match="holds a list"):
         convert_bin_to_safetensors(tmp_path / "src", tmp_path / "dst")
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a hostile pytorch_model.bin does."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return (os.system, (self.command,))
+
+
+def test_a_bin_whose_pickle_runs_code_is_refused_without_running_it(tmp_path, tiny_gptneo_dir, monkeypatch):
+    # LLM converts a .bin-only folder on the fly: with torch's weights_only unpickler, which
+    # refuses the os.system global before calling anything.
+    monkeypatch.setenv("CODEINFER_CACHE_ROOT", str(tmp_path / "cache"))
+    src = _bin_source(tmp_path, tiny_gptneo_dir)
+    ran = tmp_path / "ran"
+    state = load_file(str(tiny_gptneo_dir / "model.safetensors"))
+    torch.save({**state, "transformer.wte.weight": _RunsCode(f"touch {ran}")}, src / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="cannot load .*pytorch_model.bin as plain tensors"):
+        LLM(str(src))
+    assert not ran.exists()
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))  # nothing converted or left
+    torch.load(src / "pytorch_model.bin", weights_only=False)  # the payload is live: it runs here
+    assert ran.exists()

@@ -22,6 +22,7 @@ from engine.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Request
 from engine.engine_args import DEFAULT_MODEL, EngineArgs
+from engine.hub import resolve_model
 from engine.tokenizer import Tokenizer
 from engine.vocab import Vocabulary, load_vocabulary
 from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
@@ -43,10 +44,10 @@ class LLMEngine:
         args = EngineArgs(model=model, **options)
         self.num_threads = args.num_threads
         self.use_threads()
-        model_dir = Path(args.model) if args.model is not None else default_model_dir()
+        model_dir, self.model_name = resolve_model(
+            default_model_dir() if args.model is None else args.model, args.revision)
         self.config = load_config(model_dir)
         self.max_model_len = args.resolve_max_model_len(self.config.max_position_embeddings)
-        self.model_name = model_dir.resolve().name
         self.served_model_names = args.served_model_names()
         tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
         self.vocab = vocab or load_vocabulary(model_dir, tokenizer, self.config.vocab_size)

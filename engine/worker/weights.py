@@ -3,12 +3,14 @@
 materialise the model and fill it through its mapping table.
 
 A checkpoint folder is untrusted input: headers are validated field by field, shard names must stay
-inside the folder, and nothing is unpickled (`codeinfer convert` reads .bin files weights_only)."""
+inside the folder, and nothing is unpickled (.bin files are converted first, weights_only:
+engine/worker/convert.py)."""
 from __future__ import annotations
 
 import ctypes
 import json
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +68,9 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     if single.is_file():
         return [single]
     if list(model_dir.glob("*.bin")):
-        raise ValueError(f"model: {model_dir} has only pytorch .bin weights; convert them with "
-                         f"`codeinfer convert {model_dir} DST` (no pickle is loaded at serve time)")
+        raise ValueError(f"model: {model_dir} has only pytorch .bin weights; load it with LLM or "
+                         f"the CLI (they convert it once, tensors only) or convert it with "
+                         f"`codeinfer convert {model_dir} DST`")
     raise ValueError(f"model: no model.safetensors or {INDEX_FILE} in {model_dir}")
 
 
@@ -193,6 +196,13 @@ def check_checkpoint(config: ModelConfig, model_dir: Path) -> None:
     match_weights(model, checkpoint_tensors(Path(model_dir)), model_dir)
 
 
+def progress_bar(iterable, total: int, desc: str, unit: str):
+    """iterable with a tqdm bar on stderr when stderr is a terminal (a person is watching a large
+    checkpoint load); nothing at all when it is piped, logged or captured (tests)."""
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty())
+
+
 def release_freed_memory() -> None:
     """Give the pages of freed heap blocks back to the OS (glibc keeps them resident otherwise: the
     float weights of a prepared block would stay in RSS under the int8 copies). No-op elsewhere."""
@@ -217,7 +227,8 @@ def load_model(config: ModelConfig, model_dir: str | Path, ops, dtype: torch.dty
     targets = match_weights(model, tensors, model_dir)  # every check before the first allocation
     model = model.to(dtype).to_empty(device=device)
     model.tie_weights()  # to_empty allocates shared parameters apart: share them again
-    _fill(model, _read_targets(tensors, targets), targets, prepare_block)
+    named = progress_bar(_read_targets(tensors, targets), len(targets), "Loading weights", "tensor")
+    _fill(model, named, targets, prepare_block)
     model.post_load()
     return model.eval()
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import LLM, SamplingParams
 from engine.config import load_config
-from engine.entrypoints.cli.convert import convert_bin_to_safetensors
+from engine.worker.convert import convert_bin_to_safetensors
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
@@ -55,20 +55,43 @@ def test_sharded_checkpoint(tmp_path, tiny_codegen_dir):
     assert greedy(path) == greedy(tiny_codegen_dir)
 
 
-def test_bin_conversion(tmp_path, tiny_gptneo_dir):
-    src = tmp_path / "bin"
+def _bin_checkpoint(src, tiny_dir):
+    """tiny_dir as an older Hub checkpoint ships: pytorch_model.bin, tied lm_head included."""
     src.mkdir()
-    tensors = load_file(str(tiny_gptneo_dir / "model.safetensors"))
+    tensors = load_file(str(tiny_dir / "model.safetensors"))
     tensors["lm_head.weight"] = tensors["transformer.wte.weight"]  # tied: shared storage
     torch.save(tensors, src / "pytorch_model.bin")
-    for f in tiny_gptneo_dir.iterdir():
+    for f in tiny_dir.iterdir():
         if f.suffix == ".json":
             shutil.copy(f, src / f.name)
+    return src
+
+
+def test_bin_conversion(tmp_path, tiny_gptneo_dir):
+    src = _bin_checkpoint(tmp_path / "bin", tiny_gptneo_dir)
     with pytest.raises(ValueError, match="codeinfer convert"):
-        LLM(str(src))
+        load_config(src)  # the loader itself reads safetensors only
     from engine.entrypoints.cli.main import main
     assert main(["convert", str(src), str(tmp_path / "st")]) == 0
     assert greedy(tmp_path / "st") == greedy(tiny_gptneo_dir)
+
+
+def test_bin_checkpoint_loads_through_a_cached_conversion(tmp_path, tiny_gptneo_dir, monkeypatch):
+    from engine.worker import convert
+    monkeypatch.setenv("CODEINFER_CACHE_ROOT", str(tmp_path / "cache"))
+    src = _bin_checkpoint(tmp_path / "bin", tiny_gptneo_dir)
+    assert greedy(src) == greedy(tiny_gptneo_dir)
+    (out,) = (tmp_path / "cache" / "converted").iterdir()
+    assert (out / convert.MARKER).is_file() and (out / "model.safetensors").is_file()
+    calls = []
+    monkeypatch.setattr(convert, "convert_bin_to_safetensors",
+                        lambda *a: calls.append(a) or convert_bin_to_safetensors(*a))
+    LLM(str(src))
+    assert calls == []  # reused
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(cfg, indent=2))  # the source changed: redone
+    LLM(str(src))
+    assert len(calls) == 1 and (out / "config.json").read_text() == (src / "config.json").read_text()
 
 
 def test_bin_conversion_refuses_pickled_code(tmp_path):
@@ -127,7 +150,7 @@ def test_truncated_file(tmp_path, tiny_codegen_dir):
 
 
 def test_missing_pieces(tmp_path):
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="model: .*nope' is neither a folder nor a Hugging Face Hub id"):
         LLM(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no config.json"):

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
         "serve", help="OpenAI-compatible completion server",
         description="Serve POST /v1/completions, /tokenize and /detokenize, GET /v1/models, "
                     "/version, /health, /metrics and the OpenAPI page (/docs).")
+    p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                   help="checkpoint folder or Hub id, as `vllm serve MODEL` (or --model)")
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address (default: 127.0.0.1, which only this machine can reach; "
                         "0.0.0.0: every network)")
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     # Until uvicorn installs its own handlers, SIGTERM (e.g. during the model load) exits 0.
     signal.signal(signal.SIGTERM, _exit_now)
     configure_logging(args.log_level)
+    if args.model_tag is not None and args.model not in (None, args.model_tag):
+        print(f"error: two models: {args.model_tag} and --model {args.model}", file=sys.stderr)
+        return 2
+    args.model = args.model_tag or args.model
     if args.max_queue < 0:
         print("error: --max-queue must be >= 0", file=sys.stderr)
         return 2
