@@ -156,6 +156,7 @@ def test_cli_takes_a_hub_id_from_the_environment_cache(hub_cache, tiny_codegen_d
                  "def f"], hub_cache)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("def f")
+    assert "Loading weights" not in proc.stderr  # no progress bar into a pipe
 
 
 def test_cli_missing_hub_model_is_one_line(hub_cache, capsys):

@@ -1,6 +1,9 @@
 """Checkpoint loading: config, sharded safetensors, .bin conversion, and clear errors."""
+import io
 import json
+import re
 import shutil
+import sys
 
 import pytest
 import torch
@@ -202,3 +205,21 @@ def test_read_safetensors_matches_the_library(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(len(bad).to_bytes(8, "little") + bad + raw[8 + n:])
     with pytest.raises(ValueError, match="data offsets"):
         dict(read_safetensors(tmp_path / "bad.safetensors"))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_loading_shows_progress_on_a_terminal_only(tiny_codegen_dir, monkeypatch, capfd, dtype):
+    # A bar over the tensors (int8: while each block is quantised) when a person watches stderr;
+    # nothing when it is captured or piped.
+    LLM(str(tiny_codegen_dir), dtype=dtype)
+    assert capfd.readouterr().err == ""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    LLM(str(tiny_codegen_dir), dtype=dtype)
+    num_tensors = len(load_file(str(tiny_codegen_dir / "model.safetensors")))
+    assert re.search(rf"Loading weights: 100%.*\b{num_tensors}/{num_tensors}\b", terminal.getvalue())
