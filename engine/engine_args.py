@@ -65,7 +65,8 @@ class EngineArgs:
         choices=ATTENTION_BACKENDS)
     block_size: int = _option(16, "tokens per KV-cache block", minimum=1)
     num_kv_blocks: int | None = _option(
-        None, "KV-cache blocks (default: as many as --kv-cache-memory allows)", parse=int, minimum=1)
+        None, "KV-cache blocks (default: as many as --kv-cache-memory allows, else sized from the "
+              "model's context as that says)", parse=int, minimum=1)
     max_num_seqs: int = _option(256, "most sequences in one step", minimum=1)
     max_num_batched_tokens: int = _option(2048, "token budget per step", minimum=1)
     max_model_len: int | None = _option(
@@ -81,9 +82,11 @@ class EngineArgs:
                 "each: half the memory and bandwidth of bf16, CPU kernels only)",
         choices=KV_CACHE_DTYPES)
     kv_cache_memory_bytes: int | None = _option(
-        None, "most memory the KV cache may take, e.g. 2GiB, 512MiB or bytes (default: 25% of the "
-              "available RAM on CPU, at most 2GiB; 85% of free GPU memory). The cache is allocated "
-              "and zeroed at start-up", flag="--kv-cache-memory", metavar="SIZE", parse=parse_bytes,
+        None, "most memory the KV cache may take, e.g. 2GiB, 512MiB or bytes (default: room for 16 "
+              "full contexts of the model, or --max-num-seqs if fewer, within 2GiB and 25% of the "
+              "available RAM on the CPU; --max-num-seqs contexts within 85% of free GPU memory; "
+              "never less than one full context). The cache is allocated and zeroed at start-up",
+        flag="--kv-cache-memory", metavar="SIZE", parse=parse_bytes,
         minimum=1)
     num_threads: int | None = _option(
         None, "CPU threads for the kernels (default: one per core, or OMP_NUM_THREADS); fewer "

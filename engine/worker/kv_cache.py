@@ -2,17 +2,50 @@
 per-layer views the attention layers read and write."""
 from __future__ import annotations
 
+import logging
+
 import psutil
 import torch
 
 from engine.config import CacheConfig, ModelConfig
 
-# Without num_kv_blocks, the CPU KV cache takes at most this fraction of the available RAM, and at
-# most CPU_KV_MEMORY_CAP bytes: the cache is zeroed (faulted in) at start-up, which takes time per GiB.
+logger = logging.getLogger(__name__)
+
+# The default CPU cache (neither num_kv_blocks nor kv_cache_memory_bytes given) holds this many full
+# contexts, or max_num_seqs if fewer: ~32 concurrent requests of half a context, about where CPU
+# decode throughput stops growing (README, Performance: 8 -> 32 requests adds ~50%). More requests
+# still run: when blocks run out the newest are preempted and recomputed. It takes at most
+# CPU_KV_MEMORY_CAP bytes and CPU_KV_MEMORY_FRACTION of the available RAM, as the cache is zeroed
+# (faulted in) at start-up, which takes time per GiB, and shares the machine with other work.
+DEFAULT_CPU_CONTEXTS = 16
 CPU_KV_MEMORY_FRACTION = 0.25
 CPU_KV_MEMORY_CAP = 2 << 30
-# On CUDA, this fraction of the free device memory after loading the weights.
+# On CUDA (a device of its own): max_num_seqs full contexts, within this fraction of the free
+# device memory after loading the weights.
 CUDA_KV_MEMORY_FRACTION = 0.85
+
+
+def default_num_blocks(block_bytes: int, block_size: int, context_len: int, max_num_seqs: int,
+                       free_bytes: int, on_gpu: bool = False) -> tuple[int, str]:
+    """(KV-cache blocks, why) when the user gives neither num_kv_blocks nor kv_cache_memory_bytes:
+    enough for DEFAULT_CPU_CONTEXTS full contexts of context_len tokens (on CUDA max_num_seqs; never
+    more than max_num_seqs), within the memory budget of free_bytes (available RAM, or free device
+    memory on CUDA), and never fewer than one full context, even past the budget."""
+    per_context = -(-context_len // block_size)
+    contexts = max_num_seqs if on_gpu else min(max_num_seqs, DEFAULT_CPU_CONTEXTS)
+    if on_gpu:
+        budget, limit = free_bytes * CUDA_KV_MEMORY_FRACTION, "85% of the free GPU memory"
+    elif CPU_KV_MEMORY_CAP <= free_bytes * CPU_KV_MEMORY_FRACTION:
+        budget, limit = CPU_KV_MEMORY_CAP, f"the CPU cap of {CPU_KV_MEMORY_CAP / (1 << 30):.2f} GiB"
+    else:
+        budget, limit = free_bytes * CPU_KV_MEMORY_FRACTION, "1/4 of the available memory"
+    fit = int(budget // block_bytes)
+    if contexts * per_context <= fit:
+        bound = "max_num_seqs" if contexts == max_num_seqs else "the CPU default"
+        return contexts * per_context, f"{contexts} full contexts of {context_len} tokens ({bound})"
+    if fit >= per_context:
+        return fit, f"{fit / per_context:.1f} full contexts of {context_len} tokens: {limit}"
+    return per_context, f"one full context of {context_len} tokens, more than {limit}"
 
 
 def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, ops) -> torch.dtype:
@@ -49,21 +82,28 @@ class KVCache:
         return 2 * c.num_layers * self.block_size * c.num_heads * row
 
     def _num_blocks(self, cache: CacheConfig, max_num_seqs: int) -> int:
-        """cache.num_kv_blocks, else as many blocks as the byte budget holds (the given
-        kv_cache_memory_bytes, else a fraction of free memory), capped at max_num_seqs full contexts."""
-        budget = cache.kv_cache_memory_bytes
-        if budget is not None and budget < self.block_bytes() * (cache.num_kv_blocks or 1):
+        """cache.num_kv_blocks, else as many blocks as kv_cache_memory_bytes holds (at most
+        max_num_seqs full contexts), else default_num_blocks; logged with the reason."""
+        budget, block_bytes = cache.kv_cache_memory_bytes, self.block_bytes()
+        if budget is not None and budget < block_bytes * (cache.num_kv_blocks or 1):
             need = f"{cache.num_kv_blocks} blocks of" if cache.num_kv_blocks else "one block:"
             raise ValueError(f"kv_cache_memory_bytes={budget} is too small for {need} "
-                             f"{self.block_bytes()} bytes each")
+                             f"{block_bytes} bytes each")
+        context_len = self.config.max_position_embeddings
         if cache.num_kv_blocks:
-            return cache.num_kv_blocks
-        if budget is None and self.device.type == "cuda":
-            budget = torch.cuda.mem_get_info(self.device)[0] * CUDA_KV_MEMORY_FRACTION
-        elif budget is None:
-            budget = min(psutil.virtual_memory().available * CPU_KV_MEMORY_FRACTION, CPU_KV_MEMORY_CAP)
-        useful = max_num_seqs * -(-self.config.max_position_embeddings // self.block_size)
-        return max(1, min(int(budget // self.block_bytes()), useful))
+            blocks, why = cache.num_kv_blocks, "num_kv_blocks"
+        elif budget is not None:
+            useful = max_num_seqs * -(-context_len // self.block_size)
+            blocks, why = min(budget // block_bytes, useful), f"kv_cache_memory_bytes {budget}"
+        elif self.device.type == "cuda":
+            blocks, why = default_num_blocks(block_bytes, self.block_size, context_len, max_num_seqs,
+                                             torch.cuda.mem_get_info(self.device)[0], on_gpu=True)
+        else:
+            blocks, why = default_num_blocks(block_bytes, self.block_size, context_len, max_num_seqs,
+                                             psutil.virtual_memory().available)
+        logger.info("KV cache: %d blocks of %d tokens, %.3f GiB: %s", blocks, self.block_size,
+                    blocks * block_bytes / (1 << 30), why)
+        return blocks
 
     def bind(self, layers) -> None:
         """Give each layer's attention its views of the cache (and of the scales)."""
