@@ -1,15 +1,20 @@
 # Set-up and entry points. Every target creates .venv when missing and (re)builds csrc when it changed.
+# `make demo` installs the runtime only; `make setup` (and test, bench, gpu-check) adds the test
+# extras (pytest, transformers, triton: ~1 GB) and the sandbox tool.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # CPU build of torch that lies on this machine's disk; never let pip resolve a CUDA build.
 TORCH := torch==2.13.0
+# The project installed editable with csrc built: with its runtime dependencies, and with the test
+# extras too. Each is redone when csrc (or pyproject.toml) changed since.
 CPU_EXT_STAMP := $(VENV)/.cpu-ext-built
+TEST_STAMP := $(VENV)/.test-extras
 CSRC := $(wildcard csrc/*.cpp csrc/*.h) CMakeLists.txt pyproject.toml
 
 .PHONY: setup sandbox-tool demo test bench gpu-check clean
 
-setup: $(CPU_EXT_STAMP) sandbox-tool
+setup: $(TEST_STAMP) sandbox-tool
 
 # `codeinfer eval` runs model-written code only inside bubblewrap: install it when missing and we
 # can (root + apt), else say what to install.
@@ -30,10 +35,16 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml
 	touch $@
 
 $(CPU_EXT_STAMP): $(VENV)/.deps $(CSRC)
-	$(BIN)/pip install -q --no-build-isolation -e ".[test]" $(TORCH)
+	$(BIN)/pip install -q --no-build-isolation -e . $(TORCH)
 	touch $@
 
-demo: setup
+# Installed with the project in one go, so a fresh clone builds csrc once; it is a runtime
+# install too.
+$(TEST_STAMP): $(VENV)/.deps $(CSRC)
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]" $(TORCH)
+	touch $@ $(CPU_EXT_STAMP)
+
+demo: $(CPU_EXT_STAMP)
 	$(BIN)/codeinfer generate --max-tokens 64 --repetition-penalty 1.3 "def fibonacci(n):"
 
 test: setup

@@ -150,14 +150,22 @@ def format_table(result: dict) -> str:
     return "\n\n".join("\n".join(p) for p in parts if p)
 
 
+def check_plotting() -> None:
+    """ValueError naming the pip command unless matplotlib imports (`codeinfer bench --plot` calls
+    this before the run, not after it)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only: no display
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"--plot: matplotlib cannot be imported ({e}); pip install "
+                         f"'codeinfer[bench]' torch==2.13.0") from None
+
+
 def plot(result: dict, path: str) -> None:
     """tokens/s against concurrency, a line per system and load (loaded dashed); a system that
     failed still gets its legend entry."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("plot: matplotlib is not installed (pip install codeinfer[bench])") from None
-    matplotlib.use("Agg")
+    check_plotting()
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for index, load in dict.fromkeys((r["index"], r["load"]) for r in result["rows"]):

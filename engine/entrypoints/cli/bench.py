@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 from engine.engine_args import EngineArgs
 
@@ -70,18 +72,29 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before the runs, not after them: what --plot imports, and that --json and --plot name files
+    in folders that can be written."""
+    from engine.tools import bench_report
+
+    if args.plot:
+        bench_report.check_plotting()
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        folder = Path(path or ".").absolute().parent
+        if path and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise ValueError(f"{flag}: cannot write {path}: {folder} is not a writable folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.core.llm_engine import default_model_dir
+    from engine.hub import resolve_model
     from engine.tools import bench, bench_report
 
     if args.prompt_len < 1 or args.max_tokens < 2 or args.background_load < 0:
         raise ValueError("--prompt-len must be >= 1, --max-tokens >= 2 and --background-load >= 0")
-    if args.plot:  # before the runs, not after them
-        import importlib.util
-        if importlib.util.find_spec("matplotlib") is None:
-            raise ValueError("--plot: matplotlib is not installed (pip install 'codeinfer[bench]' torch==2.13.0)")
+    _check_outputs(args)
     kwargs = EngineArgs.from_cli_args(args).to_dict()
-    model = str(kwargs.pop("model") or default_model_dir())
+    model = str(resolve_model(kwargs.pop("model") or default_model_dir(), args.revision)[0])
     print(f"codeinfer bench: {model}, dtype {args.dtypes or args.dtype}, prompts {args.prompt_len} tokens, "
           f"{args.max_tokens} new tokens, concurrency {args.concurrency}, background load "
           f"{args.background_load}")
