@@ -144,6 +144,9 @@ class ConfigFields:
         return hidden, num_heads
 
 
+BIN_WEIGHTS = "pytorch_model*.bin"  # an older checkpoint's weights (engine/worker/convert.py)
+
+
 def checkpoint_files() -> tuple[str, ...]:
     """The files of a checkpoint besides its weights: those the loader reads (this module,
     engine/tokenizer.py, engine/codeclm.py) or transformers wants next to them

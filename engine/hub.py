@@ -7,16 +7,14 @@ weights when a repository has no safetensors (converted once, tensors only: engi
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-from engine.config import checkpoint_files
+from engine.config import BIN_WEIGHTS, checkpoint_files
+from engine.worker.weights import INDEX_FILE, has_safetensors
 
-logger = logging.getLogger(__name__)
-
-SAFETENSORS_PATTERNS = ("model*.safetensors", "model.safetensors.index.json")
-BIN_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+SAFETENSORS_PATTERNS = ("model*.safetensors", INDEX_FILE)
+BIN_PATTERNS = (BIN_WEIGHTS, "pytorch_model.bin.index.json")
 
 
 def resolve_model(model: str | os.PathLike, revision: str | None = None) -> tuple[Path, str]:
@@ -33,7 +31,7 @@ def resolve_model(model: str | os.PathLike, revision: str | None = None) -> tupl
     else:
         raise ValueError(f"model: {str(model)!r} is neither a folder nor a Hugging Face Hub id "
                          f"(org/name)")
-    if not has_safetensors(path) and any(path.glob("pytorch_model*.bin")):
+    if not has_safetensors(path) and any(path.glob(BIN_WEIGHTS)):
         from engine.worker.convert import converted_folder
         path = converted_folder(path)
     return path, name
@@ -49,10 +47,6 @@ def is_hub_id(text: str) -> bool:
     except ValueError:  # HFValidationError
         return False
     return True
-
-
-def has_safetensors(folder: Path) -> bool:
-    return (folder / "model.safetensors").is_file() or (folder / SAFETENSORS_PATTERNS[1]).is_file()
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:

@@ -12,7 +12,8 @@ from engine.core.sampling_params import SamplingParams
 
 
 class LLM:
-    """Load a checkpoint folder (None = the bundled default model) and generate from prompts."""
+    """Load a checkpoint folder or Hub id (None = the bundled default model) and generate from
+    prompts."""
 
     def __init__(self, model: str | None = None, **options):
         """options: the other fields of EngineArgs (engine/engine_args.py), checked there."""

@@ -21,15 +21,14 @@ import shutil
 import stat
 from pathlib import Path
 
-from engine.config import MAX_JSON_BYTES, checkpoint_files, read_json_object
-from engine.worker.weights import progress_bar
+from engine.config import BIN_WEIGHTS, MAX_JSON_BYTES, checkpoint_files, read_json_object
+from engine.worker.weights import SINGLE_FILE, progress_bar
 
 logger = logging.getLogger(__name__)
 
 # Written last into a converted folder: the source it came from, so a later load reuses it only
 # while the source files are the ones converted.
 MARKER = "codeinfer-converted.json"
-BIN_GLOB = "pytorch_model*.bin"
 
 
 def cache_root() -> Path:
@@ -68,9 +67,9 @@ def _source(path: Path, roots: list[Path], max_bytes: int | None = None) -> Path
 def _source_files(src: Path) -> tuple[list[Path], dict[str, Path | None]]:
     """(the .bin files, {side file name: its file or None}) of src, every one checked."""
     roots = _allowed_roots(src)
-    bins = [_source(p, roots) for p in sorted(src.glob(BIN_GLOB))]
+    bins = [_source(p, roots) for p in sorted(src.glob(BIN_WEIGHTS))]
     if not bins:
-        raise ValueError(f"src: no {BIN_GLOB} files in {src}")
+        raise ValueError(f"src: no {BIN_WEIGHTS} files in {src}")
     return bins, {name: _source(src / name, roots, MAX_JSON_BYTES) for name in checkpoint_files()}
 
 
@@ -144,7 +143,7 @@ def convert_bin_to_safetensors(src: str | Path, dst: str | Path) -> list[Path]:
         mode &= os.stat(path).st_mode
     try:
         dst.mkdir(parents=True, exist_ok=True)
-        written = [dst / "model.safetensors"]
+        written = [dst / SINGLE_FILE]
         _save(tensors, written[0], mode & 0o666)
         for name, path in aux.items():
             if path is not None and not os.path.lexists(dst / name):

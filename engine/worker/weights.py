@@ -29,6 +29,7 @@ WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # parsing a 100 MB JSON header costs about a GB).
 MAX_HEADER_BYTES = 16 << 20
 MAX_RANK = 8
+SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -56,6 +57,11 @@ def _shard_files(index: Path) -> list[str]:
     return sorted(names)
 
 
+def has_safetensors(model_dir: Path) -> bool:
+    """Whether the folder has safetensors weights: one file or a shard index."""
+    return (model_dir / SINGLE_FILE).is_file() or (model_dir / INDEX_FILE).is_file()
+
+
 def safetensors_files(model_dir: Path) -> list[Path]:
     index = model_dir / INDEX_FILE
     if index.is_file():
@@ -64,7 +70,7 @@ def safetensors_files(model_dir: Path) -> list[Path]:
         if missing:
             raise ValueError(f"model: shards named in {index} are missing: {missing}")
         return files
-    single = model_dir / "model.safetensors"
+    single = model_dir / SINGLE_FILE
     if single.is_file():
         return [single]
     if list(model_dir.glob("*.bin")):
