@@ -40,8 +40,9 @@ def hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache, offline. huggingface_hub reads its environment once, when it
     is imported: its constants are set too."""
     from huggingface_hub import constants
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
+    cache = tmp_path / "hf-home" / "hub"  # where HF_HOME puts it
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -144,13 +145,15 @@ def test_only_the_files_the_engine_reads_are_fetched(tmp_path, monkeypatch, tiny
 
 
 def _cli(args, cache):
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    """The console script in its own process, whose huggingface_hub reads the environment: the
+    cache from HF_HOME alone."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_CACHE"}
+    env.update(HF_HOME=str(cache.parent), HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "engine.entrypoints.cli.main", *args],
                           capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_cli_takes_a_hub_id_from_the_environment_cache(hub_cache, tiny_codegen_dir):
-    # Its own process: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE from the environment.
     add_snapshot(hub_cache, "org/tiny", tiny_codegen_dir, COMMIT_A)
     proc = _cli(["generate", "--model", "org/tiny", "--max-tokens", "3", "--dtype", "float32",
                  "def f"], hub_cache)

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("file", help="the file to edit")
     p.add_argument("-m", "--message", required=True, help="what to change (a commit message)")
     p.add_argument("--model", default=None,
-                   help="diff-model checkpoint folder, e.g. diff-codegen-350m-v1 (the bundled "
+                   help="diff-model checkpoint folder or Hub id, e.g. diff-codegen-350m-v1 (the bundled "
                         "model writes no diffs)")
     p.add_argument("--force", action="store_true",
                    help='use --model even though none of its names (folder, Hub id, config '

