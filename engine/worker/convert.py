@@ -182,6 +182,7 @@ def converted_folder(src: str | Path) -> Path:
                    "only, nothing else is unpickled; later loads reuse it)", src, out)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         convert_bin_to_safetensors(src, tmp)
         (tmp / MARKER).write_text(json.dumps(want))
         if out.exists() and _marker(out) != want:  # a conversion of files that have changed
@@ -192,7 +193,8 @@ def converted_folder(src: str | Path) -> Path:
             if _marker(out) != want:  # not a twin that another process just converted
                 raise
     except OSError as e:
-        raise ValueError(f"model: cannot write the converted checkpoint to {out}: {e}") from None
+        raise ValueError(f"model: cannot write the converted checkpoint to {out} (CODEINFER_CACHE_ROOT "
+                         f"puts it elsewhere): {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

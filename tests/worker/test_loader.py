@@ -97,6 +97,14 @@ def test_bin_checkpoint_loads_through_a_cached_conversion(tmp_path, tiny_gptneo_
     assert len(calls) == 1 and (out / "config.json").read_text() == (src / "config.json").read_text()
 
 
+def test_bin_conversion_cache_that_cannot_be_written_is_a_clear_error(tmp_path, tiny_gptneo_dir, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CODEINFER_CACHE_ROOT", str(tmp_path / "file"))
+    src = _bin_checkpoint(tmp_path / "bin", tiny_gptneo_dir)
+    with pytest.raises(ValueError, match="^model: cannot write the converted checkpoint .*CODEINFER_CACHE_ROOT"):
+        LLM(str(src))
+
+
 def test_bin_conversion_refuses_pickled_code(tmp_path):
     src = tmp_path / "evil"
     src.mkdir()
