@@ -23,8 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("file", help="the file to edit")
     p.add_argument("-m", "--message", required=True, help="what to change (a commit message)")
     p.add_argument("--model", default=None,
-                   help="diff-model checkpoint folder or Hub id, e.g. diff-codegen-350m-v1 (the bundled "
-                        "model writes no diffs)")
+                   help="diff-model checkpoint folder or Hub id, e.g. diff-codegen-350m-v1 (the "
+                        "bundled model writes no diffs)")
     p.add_argument("--force", action="store_true",
                    help='use --model even though none of its names (folder, Hub id, config '
                         '_name_or_path) has "diff" in it')
