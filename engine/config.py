@@ -16,6 +16,7 @@ class CacheConfig:
     num_kv_blocks: int | None = None           # None: as many as kv_cache_memory_bytes allows
     kv_cache_dtype: str = "auto"               # "auto" (the activation dtype) | "int8"
     kv_cache_memory_bytes: int | None = None   # cap on cache + scales; None: a fraction of free memory
+    max_model_len: int | None = None           # tokens of a full context; None: the model's
 
 
 @dataclass

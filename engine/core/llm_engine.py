@@ -57,7 +57,7 @@ class LLMEngine:
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device, self.config)
         cache = CacheConfig(args.block_size, args.num_kv_blocks, args.kv_cache_dtype,
-                            args.kv_cache_memory_bytes)
+                            args.kv_cache_memory_bytes, self.max_model_len)
         self.runner = ModelRunner(self.config, model_dir, self.dtype, self.device, args.attention_backend,
                                   cache, args.max_num_seqs, self.vocab,
                                   sample_vocab_size=min(len(tokenizer), self.config.vocab_size))

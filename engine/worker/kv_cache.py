@@ -89,7 +89,7 @@ class KVCache:
             need = f"{cache.num_kv_blocks} blocks of" if cache.num_kv_blocks else "one block:"
             raise ValueError(f"kv_cache_memory_bytes={budget} is too small for {need} "
                              f"{block_bytes} bytes each")
-        context_len = self.config.max_position_embeddings
+        context_len = cache.max_model_len or self.config.max_position_embeddings
         if cache.num_kv_blocks:
             blocks, why = cache.num_kv_blocks, "num_kv_blocks"
         elif budget is not None:

@@ -97,6 +97,11 @@ def test_bundled_model_gets_a_small_cache_and_says_why(caplog):
     assert "KV cache: 512 blocks of 16 tokens, 0.031 GiB: 16 full contexts of 512 tokens" in caplog.text
 
 
+def test_default_cache_holds_contexts_of_max_model_len(tiny_codegen_dir):
+    runner = LLM(model=str(tiny_codegen_dir), max_model_len=100).engine.runner
+    assert runner.num_kv_blocks == 16 * -(-100 // runner.block_size)  # 16 contexts of 7 blocks
+
+
 def test_small_default_cache_preempts_and_changes_no_tokens(tiny_codegen_dir, monkeypatch):
     # One full context by default: 8 requests of 80 tokens do not fit at once, so the scheduler
     # preempts and recomputes; every request gets the tokens it gets alone.
