@@ -12,7 +12,7 @@
 //         columns' 4 weights and adds into 16 int32 lanes;
 //         colsum: [P * 16] int32, sum_k w[n, k]: sum_k (xa - 128) w = sum_k xa w - 128 colsum (exact);
 //         v = float(acc[m, n]) * w_scales[n] * x_scales[m]; the AVX2 path (no VNNI) sums signed
-//         a x w instead (split_signs), which needs no colsum
+//         a x w instead (make_signed), which needs no colsum
 //   bf16: xa = [M, 2 Kw] bf16 activations (the normed row rounded to bf16); packed: [P, Kw, 16, 2]
 //         bf16, Kw = ceil(K / 2), packed[p, k2, c, i] = w[16 p + c, 2 k2 + i]; one vdpbf16ps adds
 //         16 columns' products of a broadcast pair into 16 fp32 lanes; v = acc[m, n] (fp32 sums
@@ -53,7 +53,6 @@ struct Gemm {
   using T = TOut;
   static constexpr bool kInt8 = kInt8Kind;
   const uint8_t* x;         // [M, 4 Kw] bytes: the prepared activations
-  const uint8_t* x_abs;     // int8 on AVX2: [M, 4 Kw] |a| (x then holds a, signed)
   const float* x_scales;    // int8: [M]
   const uint8_t* w;         // [P, Kw, 16] words
   const int32_t* colsum;    // int8: [16 P]
@@ -64,14 +63,10 @@ struct Gemm {
   int64_t M, N, K, Kw, P, res_stride, out_stride, act_start;
 };
 
-// The AVX2 int8 panels' operands (kSignedRows): a row's signed activations (xa - 128, in place) and
-// their absolute values, from quantize_row's xa (the padding words past K meet zero weights).
-inline void split_signs(uint8_t* row, uint8_t* abs_row, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int8_t a = static_cast<int8_t>(row[i] ^ 0x80u);
-    row[i] = static_cast<uint8_t>(a);
-    abs_row[i] = static_cast<uint8_t>(a < 0 ? -a : a);
-  }
+// The AVX2 int8 panels' operand (kSignedRows): quantize_row's xa made the signed activations
+// a = xa - 128, in place (the padding words past K meet zero weights either way).
+inline void make_signed(uint8_t* row, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) row[i] ^= 0x80u;
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BF16__)
@@ -212,7 +207,7 @@ inline float dequantize(const G& g, int64_t m, int64_t n, int32_t acc) {
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 path (no VNNI, no bf16 dot products): a panel's 16 columns as two halves of 8, each k word
 // of a half one 32-byte load (8 columns x 4 bytes). int8: the prepared rows hold the signed
-// activations a (xa - 128) and, in x_abs, |a|; vpmaddubsw multiplies |a| (unsigned) with
+// activations a (xa - 128); vpmaddubsw multiplies |a| (unsigned, vpabsb of the broadcast word) with
 // sign(a) * w (vpsignb) and adds pairs into int16 (exact: |a|, |w| <= 127, 2 x 127 x 127 < 2^15),
 // vpmaddwd with ones adds those pairs into each column's int32 lane: 4 instructions per 32 products,
 // and the sums are the columns' in lane order. bf16: a word's low and high halves become fp32 by
@@ -226,7 +221,6 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
   const uint8_t* x = g.x + m0 * x_stride;
   alignas(32) float sums[MT][16];
   if constexpr (G::kInt8) {
-    const uint8_t* x_abs = g.x_abs + m0 * x_stride;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[MT][2];  // [row][columns 0-7, 8-15]
     for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
@@ -235,7 +229,7 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kw * 64 + 32));
       for (int m = 0; m < MT; ++m) {
         const __m256i a = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(x + m * x_stride + 4 * kw));
-        const __m256i u = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(x_abs + m * x_stride + 4 * kw));
+        const __m256i u = _mm256_abs_epi8(a);
         acc[m][0] = _mm256_add_epi32(acc[m][0], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w0, a)), ones));
         acc[m][1] = _mm256_add_epi32(acc[m][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, a)), ones));
       }
@@ -275,16 +269,22 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
     for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) finish(g, m0 + m, p * 16 + c, sums[m][c]);
 }
 
-constexpr bool kSignedRows = true;  // the int8 panels take split_signs' rows
+constexpr bool kSignedRows = true;  // the int8 panels take make_signed's rows
 
-// Panels are the items (a panel's 16 K-long columns stay in L1/L2 while every row passes).
+// Items: (block of <= kAvx2RowBlock rows, panel), panels inner: a panel's 16 K-long columns stay in
+// L1/L2 while the block's rows pass, and the block's rows stay in L2 across its panels (a long
+// prompt's rows re-read for every panel would stream from DRAM).
+constexpr int64_t kAvx2RowBlock = 64;
+
 template <typename G>
 void gemm_items(const G& g) {
+  const int64_t blocks = (g.M + kAvx2RowBlock - 1) / kAvx2RowBlock;
 #pragma omp for schedule(static)
-  for (int64_t p = 0; p < g.P; ++p) {
-    int64_t m0 = 0;
-    for (; m0 + kAvx2Rows <= g.M; m0 += kAvx2Rows) panel_avx2<G, kAvx2Rows>(g, m0, p);
-    for (; m0 < g.M; ++m0) panel_avx2<G, 1>(g, m0, p);
+  for (int64_t item = 0; item < blocks * g.P; ++item) {
+    const int64_t p = item % g.P, m_end = std::min(g.M, (item / g.P + 1) * kAvx2RowBlock);
+    int64_t m0 = item / g.P * kAvx2RowBlock;
+    for (; m0 + kAvx2Rows <= m_end; m0 += kAvx2Rows) panel_avx2<G, kAvx2Rows>(g, m0, p);
+    for (; m0 < m_end; ++m0) panel_avx2<G, 1>(g, m0, p);
   }
 }
 #else
@@ -337,14 +337,11 @@ void linear_impl(const PackedLinearArgs& a) {
   // names would mean each thread's own, empty, instances).
   thread_local std::vector<uint8_t> xa_buf;  // [M, 4 Kw] bytes
   thread_local std::vector<float> scale_buf;
-  thread_local std::vector<uint8_t> abs_buf;  // kSignedRows: [M, 4 Kw] |a|
   if (xa_buf.size() < static_cast<size_t>(M * 4 * Kw)) xa_buf.resize(M * 4 * Kw);
-  if (kInt8 && kSignedRows && abs_buf.size() < static_cast<size_t>(M * 4 * Kw)) abs_buf.resize(M * 4 * Kw);
   if (scale_buf.size() < static_cast<size_t>(M)) scale_buf.resize(M);
   uint8_t* xa = xa_buf.data();
   float* x_scales = scale_buf.data();
-  uint8_t* x_abs = abs_buf.data();
-  const Gemm<T, kInt8> g{xa, x_abs, x_scales, reinterpret_cast<const uint8_t*>(a.packed),
+  const Gemm<T, kInt8> g{xa, x_scales, reinterpret_cast<const uint8_t*>(a.packed),
                          reinterpret_cast<const int32_t*>(a.colsum), reinterpret_cast<const float*>(a.w_scales),
                          reinterpret_cast<const T*>(a.bias), reinterpret_cast<const T*>(a.residual),
                          reinterpret_cast<T*>(a.out), M, a.out_features, K, Kw, (a.out_features + 15) / 16,
@@ -361,7 +358,7 @@ void linear_impl(const PackedLinearArgs& a) {
       uint8_t* row = xa + m * 4 * Kw;
       if constexpr (kInt8) {
         quantize_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K, row, x_scales + m);
-        if constexpr (kSignedRows) split_signs(row, x_abs + m * 4 * Kw, K);
+        if constexpr (kSignedRows) make_signed(row, K);
       } else {
         norm_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K);
         store_row(buf.data(), reinterpret_cast<bf16*>(row), K);
