@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from engine.tools import bench_load, bench_report
+from engine.tools import BENCH_EXTRA, bench_load, bench_report
 from engine.tools.bench_bytes import Storage, decode_bytes, measure_bandwidth
 
 PEERS = ("transformers", "ctranslate2", "openvino")
@@ -129,8 +129,7 @@ def _ct2_dir(model: str) -> Path:
 def _require(module: str, system: str) -> None:
     import importlib.util
     if importlib.util.find_spec(module) is None:
-        raise ValueError(f"--compare {system}: {module} is not installed (pip install 'codeinfer[bench]' "
-                         "torch==2.13.0)")
+        raise ValueError(f"--compare {system}: {module} is not installed ({BENCH_EXTRA})")
 
 
 def _prepare_ctranslate2(model: str) -> dict:

@@ -23,10 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engine.tools import BENCH_EXTRA
 from engine.tools.bench_bytes import Storage, sequence_bytes
 from engine.tools.bench_peers import PromptSets, time_runs
 
-PIP_COMMAND = "pip install 'codeinfer[bench]' torch==2.13.0"
+PIP_COMMAND = BENCH_EXTRA
 PRECISIONS = ("auto", "f32", "bf16")
 # Bytes per element of the CPU plugin's KV-cache precisions, and the extra per (token, head) row
 # (u8: an f32 scale and an f32 zero point per row of K or V).

@@ -5,7 +5,7 @@ of the same shape, after a warm-up on a third, with `storage` (how it stores wha
 reads, engine.tools.bench_bytes.Storage as a dict) and a dtype label.
 
 Every system runs greedy with EOS ignored, so each request emits exactly max_tokens tokens.
-transformers and CTranslate2 are optional extras (`pip install codeinfer[bench]`)."""
+transformers and CTranslate2 are optional extras (`pip install -e ".[bench]"` from a checkout)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.tools import bench_load
+from engine.tools import BENCH_EXTRA, bench_load
 from engine.tools.bench_bytes import Storage
 
 # Prompt sets of one configuration: "warm" (warm-up), "prefill" (one new token), "full" (timed).
@@ -122,8 +122,7 @@ def convert_ctranslate2(model: str, out: Path) -> Path:
     try:
         from ctranslate2.converters import TransformersConverter
     except ImportError:
-        raise ValueError("compare: ctranslate2 is not installed (pip install ctranslate2, "
-                         "or pip install codeinfer[bench])") from None
+        raise ValueError(f"compare: ctranslate2 is not installed (pip install ctranslate2, or {BENCH_EXTRA})") from None
     if not (out / "model.bin").is_file():
         TransformersConverter(model).convert(str(out), quantization="int8", force=True)
     return out

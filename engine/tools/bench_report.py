@@ -7,6 +7,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from engine.tools import BENCH_EXTRA
+
 # Per-round figures a row reports as the median over its rounds.
 MEDIAN_FIELDS = ("ttft_ms", "itl_ms", "decode_gbs", "pct_of_read", "read_gbs", "copy_gbs")
 
@@ -158,8 +160,7 @@ def check_plotting() -> None:
         matplotlib.use("Agg")  # files only: no display
         import matplotlib.pyplot  # noqa: F401
     except ImportError as e:
-        raise ValueError(f"--plot: matplotlib cannot be imported ({e}); pip install "
-                         f"'codeinfer[bench]' torch==2.13.0") from None
+        raise ValueError(f"--plot: matplotlib cannot be imported ({e}); {BENCH_EXTRA}") from None
 
 
 def plot(result: dict, path: str) -> None:

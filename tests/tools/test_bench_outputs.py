@@ -26,7 +26,7 @@ def test_plot_without_matplotlib_fails_before_the_run(runs, tmp_path, monkeypatc
     assert main(["bench", "--plot", str(tmp_path / "p.png"), "--json", str(out)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("codeinfer bench: error: --plot: matplotlib cannot be imported")
-    assert "pip install 'codeinfer[bench]' torch==2.13.0" in line
+    assert 'pip install -e ".[bench]" torch==2.13.0' in line
     assert runs == [] and not out.exists()
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from engine.engine_args import EngineArgs
+from engine.tools import BENCH_EXTRA
 
 PEERS = ("transformers", "ctranslate2", "openvino")
 QUALITY_CHUNKS = ((0, "whole-prompt prefill"), (8, "8-token chunks"), (32, "32-token chunks"))
@@ -45,8 +46,7 @@ def register(subparsers) -> None:
                    help="tokens per prompt (up to the model's context less --max-tokens)")
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
     p.add_argument("--compare", type=_peer_list, default=[],
-                   help="peers to run too: transformers,ctranslate2,openvino (pip install "
-                        "'codeinfer[bench]' torch==2.13.0)")
+                   help=f"peers to run too: transformers,ctranslate2,openvino ({BENCH_EXTRA})")
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds: every system and concurrency once per round, round robin; the table "
                         "shows the median and the range, speed-ups paired per round (on a machine "

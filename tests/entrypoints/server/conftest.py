@@ -91,6 +91,13 @@ def server(tiny_codegen_dir):
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def client(server):
+    """An HTTP client of the shared server."""
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def model_name(server):
     return httpx.get(server.url + "/v1/models").json()["data"][0]["id"]

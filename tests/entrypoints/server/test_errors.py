@@ -9,12 +9,6 @@ import pytest
 from tests.entrypoints.server.conftest import model_context
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
-
-
 def check_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import openai
 import pytest
 import torch
@@ -15,12 +14,6 @@ from tokenizers import Tokenizer
 from tests.checkpoints import hf_model
 
 PROMPT = "def fib(n):\n    return n"
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
