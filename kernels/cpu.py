@@ -177,13 +177,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return PagedAttention(k_cache, v_cache, scale, window, k_scale, v_scale)(q, block_tables, seq_lens, cu_seqlens_q)
 
 
-def _check_rows_2d(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
+def _check_rows_2d(t: torch.Tensor, name: str) -> None:
     check_device(_CPU, **{name: t})
     if t.dim() != 2 or t.stride(1) != 1:
         raise ValueError(f"{name}: expected a [rows, dim] tensor with a dense last dim, "
                          f"got shape {list(t.shape)} strides {t.stride()}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
 
 
 def _vector(t: torch.Tensor | None, name: str, dim: int, dtype: torch.dtype) -> torch.Tensor | None:
