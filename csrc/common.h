@@ -155,12 +155,16 @@ inline void norm_row(const T* x, float* buf, const T* gamma, const T* beta, floa
 }
 
 // One row of quantize_rows (csrc/quant.cpp; also the input half of int8_linear): x through the optional
-// layer norm into buf, then per-row symmetric int8 + 128 into out, its scale into scale_out.
-template <typename T>
+// layer norm into buf, then per-row symmetric int8 + 128 into out (+ 0 with kSigned: the AVX2
+// GEMM's signed rows, csrc/gemm.cpp), its scale into scale_out.
+template <bool kSigned = false, typename T>
 inline void quantize_row(const T* x, float* buf, const T* gamma, const T* beta, float eps, int64_t dim,
                          uint8_t* out, float* scale_out) {
   norm_row(x, buf, gamma, beta, eps, dim);
-  *scale_out = quantize_row_int8<uint8_t, 128>(buf, out, dim);
+  if constexpr (kSigned)
+    *scale_out = quantize_row_int8<int8_t, 0>(buf, reinterpret_cast<int8_t*>(out), dim);
+  else
+    *scale_out = quantize_row_int8<uint8_t, 128>(buf, out, dim);
 }
 
 }  // namespace codeinfer

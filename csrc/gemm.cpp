@@ -12,7 +12,7 @@
 //         columns' 4 weights and adds into 16 int32 lanes;
 //         colsum: [P * 16] int32, sum_k w[n, k]: sum_k (xa - 128) w = sum_k xa w - 128 colsum (exact);
 //         v = float(acc[m, n]) * w_scales[n] * x_scales[m]; the AVX2 path (no VNNI) sums signed
-//         a x w instead (make_signed), which needs no colsum
+//         a x w instead (rows quantised without the +128, kSignedRows), which needs no colsum
 //   bf16: xa = [M, 2 Kw] bf16 activations (the normed row rounded to bf16); packed: [P, Kw, 16, 2]
 //         bf16, Kw = ceil(K / 2), packed[p, k2, c, i] = w[16 p + c, 2 k2 + i]; one vdpbf16ps adds
 //         16 columns' products of a broadcast pair into 16 fp32 lanes; v = acc[m, n] (fp32 sums
@@ -63,11 +63,6 @@ struct Gemm {
   int64_t M, N, K, Kw, P, res_stride, out_stride, act_start;
 };
 
-// The AVX2 int8 panels' operand (kSignedRows): quantize_row's xa made the signed activations
-// a = xa - 128, in place (the padding words past K meet zero weights either way).
-inline void make_signed(uint8_t* row, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) row[i] ^= 0x80u;
-}
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BF16__)
 constexpr bool kSignedRows = false;
@@ -207,8 +202,8 @@ inline float dequantize(const G& g, int64_t m, int64_t n, int32_t acc) {
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 path (no VNNI, no bf16 dot products): a panel's 16 columns as two halves of 8, each k word
 // of a half one 32-byte load (8 columns x 4 bytes). int8: the prepared rows hold the signed
-// activations a (xa - 128); vpmaddubsw multiplies |a| (unsigned, vpabsb of the broadcast word) with
-// sign(a) * w (vpsignb) and adds pairs into int16 (exact: |a|, |w| <= 127, 2 x 127 x 127 < 2^15),
+// activations a (quantize_row<true>); vpmaddubsw multiplies |a| (unsigned, vpabsb of the
+// broadcast word) with sign(a) * w (vpsignb) and adds pairs into int16 (exact: |a|, |w| <= 127, 2 x 127 x 127 < 2^15),
 // vpmaddwd with ones adds those pairs into each column's int32 lane: 4 instructions per 32 products,
 // and the sums are the columns' in lane order. bf16: a word's low and high halves become fp32 by
 // shifts, one FMA each with the broadcast activation pair.
@@ -269,7 +264,7 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
     for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) finish(g, m0 + m, p * 16 + c, sums[m][c]);
 }
 
-constexpr bool kSignedRows = true;  // the int8 panels take make_signed's rows
+constexpr bool kSignedRows = true;  // the int8 panels take signed rows (a, not a + 128)
 
 // Items: (block of <= kAvx2RowBlock rows, panel), panels inner: a panel's 16 K-long columns stay in
 // L1/L2 while the block's rows pass, and the block's rows stay in L2 across its panels (a long
@@ -357,8 +352,7 @@ void linear_impl(const PackedLinearArgs& a) {
     for (int64_t m = 0; m < M; ++m) {
       uint8_t* row = xa + m * 4 * Kw;
       if constexpr (kInt8) {
-        quantize_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K, row, x_scales + m);
-        if constexpr (kSignedRows) make_signed(row, K);
+        quantize_row<kSignedRows>(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K, row, x_scales + m);
       } else {
         norm_row(x + m * a.x_stride, buf.data(), gamma, beta, a.eps, K);
         store_row(buf.data(), reinterpret_cast<bf16*>(row), K);
