@@ -106,4 +106,6 @@ PYBIND11_MODULE(_cpu, m) {
     m.def(name, linear_rows(op), py::call_guard<py::gil_scoped_release>(), py::arg("layer"), py::arg("x"),
           py::arg("out"), py::arg("residual"), py::arg("num_rows"), py::arg("x_stride"), py::arg("res_stride"),
           py::arg("act_start"), py::arg("dtype"), py::arg("out_dtype"));
+  m.def("argmax_logsumexp", &codeinfer::argmax_logsumexp, py::call_guard<py::gil_scoped_release>(),
+        py::arg("logits"), py::arg("argmax"), py::arg("lse"), py::arg("rows"), py::arg("vocab"), py::arg("stride"));
 }

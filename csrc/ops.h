@@ -67,4 +67,9 @@ struct PackedLinearArgs {
 void int8_linear(const PackedLinearArgs& args, const std::string& dtype, const std::string& out_dtype);
 void bf16_linear(const PackedLinearArgs& args, const std::string& dtype, const std::string& out_dtype);
 
+// Per row of fp32 logits [rows, vocab] (row stride in elements): argmax [rows] int64 and logsumexp
+// [rows] fp32 (csrc/sampling.cpp).
+void argmax_logsumexp(uintptr_t logits, uintptr_t argmax, uintptr_t lse, int64_t rows, int64_t vocab,
+                      int64_t stride);
+
 }  // namespace codeinfer

@@ -348,3 +348,18 @@ def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: 
     """See kernels.reference.bf16_linear (one call: layer norm, bf16 GEMM, epilogue)."""
     return bind_bf16_linear(packed, _in_features(x), out_features, bias, gamma, beta, eps, x.dtype,
                             out_dtype)(x, residual, act_start)
+
+
+def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """See kernels.reference.argmax_logsumexp (one pass per row, no torch thread team)."""
+    if not logits.is_cpu or logits.dtype != torch.float32:
+        raise TypeError(f"logits: expected a float32 tensor on cpu, got {logits.dtype} on {logits.device}")
+    if logits.dim() != 2 or logits.shape[1] == 0 or logits.stride(1) != 1:
+        raise ValueError(f"logits: expected a [rows, vocab] tensor with vocab > 0 and a dense last dim, "
+                         f"got shape {list(logits.shape)} strides {logits.stride()}")
+    rows, vocab = logits.shape
+    argmax = torch.empty(rows, dtype=torch.int64)
+    lse = torch.empty(rows, dtype=torch.float32)
+    _cpu.argmax_logsumexp(logits.data_ptr(), argmax.data_ptr(), lse.data_ptr(), rows, vocab,
+                          max(logits.stride(0), vocab))
+    return argmax, lse

@@ -283,3 +283,10 @@ def bind_bf16_linear(packed: torch.Tensor, in_features: int, out_features: int, 
 
 
 bind_rotary_store_kv, bind_paged_attention = closure_binders(rotary_store_kv, paged_attention)
+
+
+def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of logits [rows, vocab] fp32: (argmax [rows] int64, the first maximal index;
+    logsumexp [rows] fp32). What the sampler needs of every row: the greedy token and the
+    normaliser of its logprobs."""
+    return logits.argmax(dim=-1), logits.logsumexp(dim=-1)

@@ -307,3 +307,5 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 
 bind_rotary_store_kv, bind_paged_attention = closure_binders(rotary_store_kv, paged_attention)
+# The sampler's row reductions: on a GPU, torch's own reductions are the kernel.
+from kernels.reference import argmax_logsumexp  # noqa: E402

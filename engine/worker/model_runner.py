@@ -135,9 +135,12 @@ class ModelRunner:
             release_freed_memory()
         # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
         self.sample_vocab_size = sample_vocab_size
-        self.logits_mask = torch.zeros(config.vocab_size, dtype=torch.bool)
-        self.logits_mask[sample_vocab_size:] = True
-        self.logits_mask |= vocab.sampling_mask  # CodeCLM: its twins are emitted, not text ids
+        # [sample_vocab_size] ids never sampled (CodeCLM: its twins are emitted, not text ids);
+        # fixed for the engine's life, so whether to mask at all is decided once, not every step.
+        self.sample_mask = vocab.sampling_mask[:sample_vocab_size].to(device)
+        self.masked_logits = bool(self.sample_mask.any())
+        # The sampler's per-row argmax and logsumexp (the C++ one on the CPU backend).
+        self.row_stats = self.ops.argmax_logsumexp
         self.remap = vocab.remap.to(device)  # [vocab_size]: identity but for CodeCLM's twins
         # kv_cache_dtype "int8": symmetric int8 rows, one fp32 scale per (slot, head) (C++ kernels).
         self.cache = KVCache(config, cache, dtype, device, self.ops, max_num_seqs)
@@ -254,7 +257,7 @@ class ModelRunner:
                            for request, kept, targets in rows.prompt}
         sampled = SampleResult([], [], [])
         if rows.sample:
-            sampled = sample(self.logits(hidden[rows.sample]).cpu(), rows.sample_seqs)
+            sampled = sample(self.logits(hidden[rows.sample]).cpu(), rows.sample_seqs, self.row_stats)
         return ModelRunnerOutput(rows.sample_seqs, sampled, {}, prompt_logprobs)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, token_ids: list[int],
@@ -272,7 +275,6 @@ class ModelRunner:
         """[rows, hidden] final hidden states -> [rows, sample_vocab_size] fp32 logits, ids that are
         never sampled (CodeCLM's text twins) at -inf; the padding rows beyond the tokenizer are cut."""
         logits = self.model.compute_logits(hidden)[:, :self.sample_vocab_size].float()
-        mask = self.logits_mask[:self.sample_vocab_size]
-        if mask.any():
-            logits.masked_fill_(mask.to(logits.device), float("-inf"))
+        if self.masked_logits:
+            logits.masked_fill_(self.sample_mask, float("-inf"))
         return logits

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Callable
+
 import torch
 
 from engine.core.sequence import Sequence
+from kernels.reference import argmax_logsumexp
+
+RowStats = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # logits -> (argmax, logsumexp)
 
 
 @dataclass
@@ -68,15 +73,18 @@ def _check_finite(probs: torch.Tensor, seqs: list[Sequence]) -> None:
         raise FloatingPointError(f"non-finite sampling probabilities for request(s) {ids}")
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
-    """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf)."""
+def sample(logits: torch.Tensor, seqs: list[Sequence], row_stats: RowStats = argmax_logsumexp) -> SampleResult:
+    """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf). row_stats: the
+    backend's argmax_logsumexp (kernels.reference's by default)."""
     params = [s.request.params for s in seqs]
     raw_logits = logits
+    argmax, log_norm = row_stats(logits)
     if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in params):
         logits = logits.clone()
         _apply_penalties(logits, seqs)
+        argmax = row_stats(logits)[0]
     vocab = logits.shape[1]
-    token_ids = logits.argmax(dim=-1).tolist()
+    token_ids = argmax.tolist()
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         sub = logits[rows] / torch.tensor([params[i].temperature for i in rows])[:, None]
@@ -90,19 +98,20 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         # consumed no random numbers: the others, re-run without it, draw what they would have.
         for j, i in enumerate(rows):
             token_ids[i] = int(torch.multinomial(probs[j], 1, generator=seqs[i].generator))
-    chosen, top = token_logprobs(raw_logits, token_ids, [p.logprobs for p in params])
+    chosen, top = token_logprobs(raw_logits, token_ids, [p.logprobs for p in params], log_norm)
     return SampleResult(token_ids, chosen, top)
 
 
-def token_logprobs(logits: torch.Tensor, token_ids: list[int], num_top: list[int | None]
-                   ) -> tuple[list[float], list[dict[int, float] | None]]:
+def token_logprobs(logits: torch.Tensor, token_ids: list[int], num_top: list[int | None],
+                   log_norm: torch.Tensor | None = None) -> tuple[list[float], list[dict[int, float] | None]]:
     """The logprob (log_softmax of the logits, fp32) of token_ids[i] in row i, and per row whose
     num_top[i] is not None vLLM's logprobs entry: {that token: its logprob, then the num_top[i]
     most likely: theirs} (num_top[i] or num_top[i] + 1 items). logits: [rows, vocab]; ids masked
     to -inf, and prompt ids at or beyond vocab (padding rows, never sampled), have logprob -inf.
-    The one rule for sampled and prompt logprobs."""
+    The one rule for sampled and prompt logprobs. log_norm: the rows' logsumexp, when known."""
     vocab = logits.shape[1]
-    log_norm = logits.logsumexp(dim=-1)  # [rows]
+    if log_norm is None:
+        log_norm = logits.logsumexp(dim=-1)  # [rows]
     index = torch.tensor([min(t, vocab - 1) for t in token_ids], device=logits.device)[:, None]
     chosen = (logits.gather(1, index)[:, 0] - log_norm).tolist()
     chosen = [lp if t < vocab else float("-inf") for t, lp in zip(token_ids, chosen)]

@@ -111,13 +111,16 @@ def test_eos_is_included_in_token_ids(codegen_llm):
     eos = codegen_llm.get_tokenizer().eos_token_id
     engine = codegen_llm.engine
     # Make EOS the only sampleable continuation by masking everything else.
-    engine.runner.logits_mask[:] = True
-    engine.runner.logits_mask[eos] = False
+    runner = engine.runner
+    saved = runner.sample_mask.clone(), runner.masked_logits
+    runner.sample_mask[:] = True
+    runner.sample_mask[eos] = False
+    runner.masked_logits = True
     try:
         out = codegen_llm.generate("def", SamplingParams(temperature=0, max_tokens=5))[0].outputs[0]
     finally:
-        engine.runner.logits_mask[:] = False
-        engine.runner.logits_mask[len(codegen_llm.get_tokenizer()):] = True
+        runner.sample_mask.copy_(saved[0])
+        runner.masked_logits = saved[1]
     assert out.token_ids == [eos] and out.finish_reason == "stop" and out.text == ""
 
 

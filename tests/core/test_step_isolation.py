@@ -53,10 +53,10 @@ class BrokenDetokenizer:
 
 
 def poison_sampler(monkeypatch, after: int):
-    def fake(logits, seqs):
+    def fake(logits, seqs, row_stats):
         if any(s.request.request_id == "poison" and s.num_output_tokens >= after for s in seqs):
             raise RuntimeError("poisoned sampler")
-        return sample(logits, seqs)
+        return sample(logits, seqs, row_stats)
     monkeypatch.setattr(engine.worker.model_runner, "sample", fake)
 
 

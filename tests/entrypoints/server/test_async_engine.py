@@ -126,10 +126,10 @@ def test_failing_request_among_eight_streams(tiny_codegen_dir, monkeypatch):
 
     clean = run(wide, lambda llm: streams(llm, False))
 
-    def poisoned(logits, seqs):
+    def poisoned(logits, seqs, row_stats):
         if any(s.request.request_id == "poison" and s.num_output_tokens >= 2 for s in seqs):
             raise RuntimeError("poisoned sampler")
-        return sample(logits, seqs)
+        return sample(logits, seqs, row_stats)
 
     monkeypatch.setattr(model_runner, "sample", poisoned)
     results = run(wide, lambda llm: streams(llm, True), max_waiting=16)

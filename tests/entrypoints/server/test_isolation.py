@@ -108,10 +108,10 @@ def inprocess_url(tiny_codegen_dir):
 @pytest.mark.parametrize("stream", [True, False])
 def test_request_failing_in_a_step_gets_an_error_the_others_finish(inprocess_url, monkeypatch,
                                                                     stream):
-    def poisoned(logits, seqs):
+    def poisoned(logits, seqs, row_stats):
         if any(s.request.prompt == "poison" and s.num_output_tokens >= 2 for s in seqs):
             raise RuntimeError("poisoned sampler")
-        return sample(logits, seqs)
+        return sample(logits, seqs, row_stats)
 
     async def main():
         async with httpx.AsyncClient(base_url=inprocess_url, timeout=60) as client:
