@@ -23,8 +23,8 @@
 //
 // Parallel work: items (block of <= kRowBlock rows, group of <= kPanels panels). A tile is <= kRows
 // rows x kPanels panels (24 zmm accumulators) over the whole K, so x rows and the group's weights are
-// reused from L1/L2. At decode sizes (M <= 64) the weights stream from DRAM once; each thread
-// prefetches its first group while it prepares its rows, and the first row tile of each group
+// reused from L1/L2. Items go out dynamically in chunks (item_chunk). At decode sizes (M <= 64) the
+// weights stream from DRAM once; each thread prefetches its first chunk while it prepares its rows, and the first row tile of each group
 // prefetches the next group's panels, which keeps those loads running under the dot products (1.3x
 // on a 32 x 768 x 3072 int8 GEMM with cold weights).
 #include <omp.h>
@@ -47,6 +47,11 @@ constexpr int kRows = 8;
 constexpr int kPanels = 3;
 constexpr int64_t kRowBlock = 256;
 constexpr int64_t kParallelMacs = int64_t{1} << 16;  // below this one thread does it all
+
+// The GEMM's items are handed out dynamically in chunks of about an eighth of a thread's share: on
+// a shared CPU the items of a descheduled thread go to the threads still running instead of waiting
+// for it at the region's end, and a chunk is still a long run of consecutive panels.
+inline int64_t item_chunk(int64_t items) { return std::max<int64_t>(1, items / (8 * omp_get_num_threads())); }
 
 template <typename TOut, bool kInt8Kind>
 struct Gemm {
@@ -170,11 +175,17 @@ void group(const G& g, int64_t m_begin, int64_t m_end, int64_t p0) {
 
 // The GEMM's items, shared among the threads of the enclosing parallel region.
 template <typename G>
+int64_t num_items(const G& g) {
+  return (g.P + kPanels - 1) / kPanels * ((g.M + kRowBlock - 1) / kRowBlock);
+}
+template <typename G>
+int64_t item_panel(const G& g, int64_t item) { return item % ((g.P + kPanels - 1) / kPanels) * kPanels; }
+
+template <typename G>
 void gemm_items(const G& g) {
-  const int64_t groups = (g.P + kPanels - 1) / kPanels;
-  const int64_t blocks = (g.M + kRowBlock - 1) / kRowBlock;
-#pragma omp for schedule(static)
-  for (int64_t item = 0; item < blocks * groups; ++item) {
+  const int64_t groups = (g.P + kPanels - 1) / kPanels, items = num_items(g), chunk = item_chunk(items);
+#pragma omp for schedule(dynamic, chunk)
+  for (int64_t item = 0; item < items; ++item) {
     const int64_t m_begin = item / groups * kRowBlock, p0 = item % groups * kPanels;
     const int64_t m_end = std::min(g.M, m_begin + kRowBlock);
     switch (std::min<int64_t>(kPanels, g.P - p0)) {
@@ -272,10 +283,15 @@ constexpr bool kSignedRows = true;  // the int8 panels take signed rows (a, not 
 constexpr int64_t kAvx2RowBlock = 64;
 
 template <typename G>
+int64_t num_items(const G& g) { return (g.M + kAvx2RowBlock - 1) / kAvx2RowBlock * g.P; }
+template <typename G>
+int64_t item_panel(const G& g, int64_t item) { return item % g.P; }
+
+template <typename G>
 void gemm_items(const G& g) {
-  const int64_t blocks = (g.M + kAvx2RowBlock - 1) / kAvx2RowBlock;
-#pragma omp for schedule(static)
-  for (int64_t item = 0; item < blocks * g.P; ++item) {
+  const int64_t items = num_items(g), chunk = item_chunk(items);
+#pragma omp for schedule(dynamic, chunk)
+  for (int64_t item = 0; item < items; ++item) {
     const int64_t p = item % g.P, m_end = std::min(g.M, (item / g.P + 1) * kAvx2RowBlock);
     int64_t m0 = item / g.P * kAvx2RowBlock;
     for (; m0 + kAvx2Rows <= m_end; m0 += kAvx2Rows) panel_avx2<G, kAvx2Rows>(g, m0, p);
@@ -285,6 +301,11 @@ void gemm_items(const G& g) {
 #else
 constexpr bool kSignedRows = false;
 // Portable path: the same sums over the packed layout, one output element at a time.
+template <typename G>
+int64_t num_items(const G&) { return 0; }  // nothing to prefetch for
+template <typename G>
+int64_t item_panel(const G&, int64_t) { return 0; }
+
 template <typename G>
 void gemm_items(const G& g) {
   constexpr int64_t kPerWord = G::kInt8 ? 4 : 2;
@@ -311,15 +332,13 @@ void gemm_items(const G& g) {
 #endif
 #endif
 
-// Prefetches the weights of this thread's first GEMM item (schedule(static) hands thread t the t-th
-// contiguous share of the items), to arrive while the thread prepares its rows.
+// Prefetches the first panels of the chunk this thread most likely takes first (thread t arrives
+// t-th at the dynamic loop), to arrive while the thread prepares its rows.
 template <typename G>
-void prefetch_first_group(const G& g) {
-  const int64_t groups = (g.P + kPanels - 1) / kPanels, items = groups * ((g.M + kRowBlock - 1) / kRowBlock);
-  const int64_t threads = omp_get_num_threads(), share = (items + threads - 1) / threads;
-  const int64_t first = omp_get_thread_num() * share;
+void prefetch_first_chunk(const G& g) {
+  const int64_t items = num_items(g), first = omp_get_thread_num() * item_chunk(items);
   if (first >= items) return;
-  const int64_t p0 = first % groups * kPanels, bytes = std::min<int64_t>(kPanels, g.P - p0) * g.Kw * 64;
+  const int64_t p0 = item_panel(g, first), bytes = std::min<int64_t>(kPanels, g.P - p0) * g.Kw * 64;
   for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(g.w + p0 * g.Kw * 64 + e, 0, 2);
 }
 
@@ -346,7 +365,7 @@ void linear_impl(const PackedLinearArgs& a) {
   const TX* beta = reinterpret_cast<const TX*>(a.beta);
 #pragma omp parallel if (M * a.out_features * K > kParallelMacs)
   {
-    prefetch_first_group(g);
+    prefetch_first_chunk(g);
     std::vector<float> buf(K);  // one row in fp32
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) {
