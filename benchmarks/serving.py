@@ -2,11 +2,15 @@
 
 1. Load: concurrency 1, 8, 32 (closed loop: each client sends its next request when the last
    ends); time to first token (TTFT) and inter-token latency (ITL) p50/p99, output tokens/s.
+   With --offline, each level is followed by the same load offline (`codeinfer bench`, the engine
+   in its own process), alternating for --repeat rounds, and the server/offline ratios of ITL p50
+   and tokens/s are paired per round: what the server keeps of the engine.
 2. Keystroke: an editor asking for a completion after every keystroke: the same ~1000-token file
    prefix, a tail one token longer per request, one request at a time; TTFT with prefix caching
    on and off (two servers).
 
     python benchmarks/serving.py [--model DIR] [--url http://127.0.0.1:8000] [--dtype bfloat16]
+                                 [--kv-cache-dtype int8] [--offline --repeat 3]
 
 Tokens per chunk are counted from `logprobs: 0` (a chunk may carry several tokens when the client
 reads slower than the engine steps).
@@ -135,6 +139,36 @@ async def keystrokes(url: str, prefix_ids: list[int], tail_ids: list[int], max_t
             "prefix_cache_hit_rate": hit_rate}
 
 
+def offline_level(model: str | None, engine_flags: list[str], concurrency: int, prompt_tokens: int,
+                  max_tokens: int) -> dict:
+    """The same load offline: `codeinfer bench` in its own process at this concurrency (all requests
+    at once, greedy, EOS ignored): its TTFT, ITL and tokens/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-c", RUNNER, "bench", "--concurrency", str(concurrency),
+               "--prompt-len", str(prompt_tokens), "--max-tokens", str(max_tokens), "--json", str(out),
+               *(["--model", model] if model else []), *engine_flags]
+        done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"offline bench failed:\n{done.stdout}{done.stderr}")
+        row = json.loads(out.read_text())["rows"][0]
+    return {"concurrency": concurrency, "ttft_ms": row["ttft_ms"], "itl_ms": row["itl_ms"],
+            "output_tok_s": row["tok_s"]}
+
+
+def paired(server_rows: list[dict], offline_rows: list[dict]) -> dict:
+    """Per-round server/offline ratios of ITL p50 and tokens/s: medians and ranges."""
+    itl = [s["itl_p50_ms"] / o["itl_ms"] for s, o in zip(server_rows, offline_rows)]
+    tok = [s["output_tok_s"] / o["output_tok_s"] for s, o in zip(server_rows, offline_rows)]
+    return {"itl_ratio": statistics.median(itl), "itl_ratio_range": [min(itl), max(itl)],
+            "tok_s_ratio": statistics.median(tok), "tok_s_ratio_range": [min(tok), max(tok)],
+            "server_itl_p50_ms": statistics.median(r["itl_p50_ms"] for r in server_rows),
+            "offline_itl_ms": statistics.median(r["itl_ms"] for r in offline_rows),
+            "server_tok_s": statistics.median(r["output_tok_s"] for r in server_rows),
+            "offline_tok_s": statistics.median(r["output_tok_s"] for r in offline_rows)}
+
+
 def source_text() -> str:
     """Real Python to use as prompts: this repository's engine sources."""
     return "\n".join(p.read_text() for p in sorted((REPO / "engine").rglob("*.py")))
@@ -147,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(the keystroke on/off comparison then needs --url-no-cache)")
     parser.add_argument("--url-no-cache", default=None)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--kv-cache-dtype", default="auto")
+    parser.add_argument("--offline", action="store_true",
+                        help="also run each load level offline (codeinfer bench) and pair the ratios")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of each load level (with --offline: "
+                        "server and offline alternating)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -168,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ids = tokenizer.encode(source_text())
     context = config.max_position_embeddings
     results: dict = {"model": model_dir.name, "dtype": args.dtype, "load": [], "keystroke": {}}
-    server_args = ["--dtype", args.dtype]
+    server_args = ["--dtype", args.dtype, "--kv-cache-dtype", args.kv_cache_dtype]
+    if args.offline and args.url:
+        parser.error("--offline runs its own server (leave out --url)")
 
     prompt_tokens = min(args.prompt_tokens, context - args.max_tokens - 1)
     prompts = [tokenizer.decode(ids[i:i + prompt_tokens])
@@ -178,10 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(load_level(url, prompts[:1], 1, 2, 4))   # warm-up
         for concurrency in ([] if args.skip_load else map(int, args.concurrency.split(","))):
-            row = asyncio.run(load_level(url, prompts, concurrency,
-                                         concurrency * args.requests_per_client, args.max_tokens))
-            results["load"].append(row)
-            print(json.dumps(row), flush=True)
+            server_rows, offline_rows = [], []
+            for _ in range(args.repeat):
+                row = asyncio.run(load_level(url, prompts, concurrency,
+                                             concurrency * args.requests_per_client, args.max_tokens))
+                server_rows.append(row)
+                results["load"].append(row)
+                print(json.dumps(row), flush=True)
+                if args.offline:
+                    offline_rows.append(offline_level(args.model, server_args, concurrency,
+                                                      prompt_tokens, args.max_tokens))
+                    print("offline:", json.dumps(offline_rows[-1]), flush=True)
+            if args.offline:
+                ratios = {"concurrency": concurrency, **paired(server_rows, offline_rows)}
+                results.setdefault("server_vs_offline", []).append(ratios)
+                print("server / offline:", json.dumps(ratios), flush=True)
         prefix_tokens = min(args.prefix_tokens, context - args.keystrokes - args.keystroke_max_tokens)
         prefix_ids = ids[:prefix_tokens]
         tail_ids = ids[prefix_tokens:prefix_tokens + args.keystrokes]
