@@ -10,7 +10,7 @@ import engine.tools.diff
 def loads(code: str) -> set[str]:
     """Modules under engine. and torch that `code` leaves loaded, in a fresh interpreter."""
     script = (code + "; import sys; print(' '.join(m for m in sys.modules "
-                     "if m == 'torch' or m.startswith('engine.')))")
+                     "if m in ('torch', 'torch._dynamo') or m.startswith('engine.')))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 
@@ -31,3 +31,9 @@ def test_cli_parser_loads_no_torch():
 def test_engine_core_loads_no_entrypoints_or_tools():
     loaded = loads("import engine.core.llm_engine")
     assert not {m for m in loaded if m.startswith(("engine.entrypoints", "engine.tools"))}
+
+
+def test_loading_a_model_skips_torch_compile():
+    """Building the model on the meta device runs no init (the checkpoint fills it): torch's meta
+    normal_ would import torch._dynamo, seconds of start-up."""
+    assert "torch._dynamo" not in loads("from engine import LLM; LLM().generate('def')")

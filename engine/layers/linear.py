@@ -10,6 +10,13 @@ from engine.layers.bf16 import Bf16Linear
 from engine.layers.quant import Int8Linear
 
 
+
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """An nn.Embedding without the random init: the checkpoint fills it. On the meta device (where the
+    models are built) torch's normal_ runs through its Python refs, whose first use imports
+    torch._dynamo: seconds of start-up for nothing."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's tanh approximation of GELU (transformers' "gelu_new")."""
     return F.gelu(x, approximate="tanh")

@@ -10,7 +10,7 @@ from torch import nn
 from engine.config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_ROTARY_TABLE_BYTES, MAX_VOCAB,
                            ConfigFields, ModelConfig)
 from engine.layers.attention import AttentionMetadata, SelfAttention
-from engine.layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, logits_fp32, project
+from engine.layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, embedding, logits_fp32, project
 from kernels.reference import rotary_cos_sin
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are QKV_CHUNKS chunks of
@@ -111,7 +111,7 @@ class CodeGenForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, ops):
         super().__init__()
         self.config, self.ops = config, ops
-        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wte = embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(CodeGenBlock(config, ops) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)

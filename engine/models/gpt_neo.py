@@ -10,7 +10,7 @@ from torch import nn
 from engine.config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigFields,
                            ModelConfig)
 from engine.layers.attention import AttentionMetadata, SelfAttention
-from engine.layers.linear import ACTIVATIONS, MLP, logits_fp32
+from engine.layers.linear import ACTIVATIONS, MLP, embedding, logits_fp32
 
 
 def _attention_kinds(f: ConfigFields, num_layers: int) -> list[str]:
@@ -89,8 +89,8 @@ class GPTNeoForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, ops):
         super().__init__()
         self.config, self.ops = config, ops
-        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.wte = embedding(config.vocab_size, config.hidden_size)
+        self.wpe = embedding(config.max_position_embeddings, config.hidden_size)
         self.layers = nn.ModuleList(GPTNeoBlock(config, ops, i) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
