@@ -8,9 +8,10 @@ import engine.tools.diff
 
 
 def loads(code: str) -> set[str]:
-    """Modules under engine. and torch that `code` leaves loaded, in a fresh interpreter."""
+    """Modules under engine., torch (and its compiler's torch._dynamo and sympy) that `code` leaves
+    loaded, in a fresh interpreter."""
     script = (code + "; import sys; print(' '.join(m for m in sys.modules "
-                     "if m in ('torch', 'torch._dynamo') or m.startswith('engine.')))")
+                     "if m in ('torch', 'torch._dynamo', 'sympy') or m.startswith('engine.')))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 
@@ -34,6 +35,8 @@ def test_engine_core_loads_no_entrypoints_or_tools():
 
 
 def test_loading_a_model_skips_torch_compile():
-    """Building the model on the meta device runs no init (the checkpoint fills it): torch's meta
-    normal_ would import torch._dynamo, seconds of start-up."""
-    assert "torch._dynamo" not in loads("from engine import LLM; LLM().generate('def')")
+    """Building the model on the meta device runs no init and materialising it no meta refs (the
+    checkpoint fills it): torch's meta normal_ and empty_like import torch._dynamo and sympy,
+    seconds of start-up."""
+    loaded = loads("from engine import LLM; LLM().generate('def')")
+    assert "torch" in loaded and not {"torch._dynamo", "sympy"} & loaded

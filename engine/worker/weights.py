@@ -231,12 +231,25 @@ def load_model(config: ModelConfig, model_dir: str | Path, ops, dtype: torch.dty
         model = MODEL_REGISTRY[config.architecture](config, ops)
     tensors = checkpoint_tensors(model_dir)
     targets = match_weights(model, tensors, model_dir)  # every check before the first allocation
-    model = model.to(dtype).to_empty(device=device)
-    model.tie_weights()  # to_empty allocates shared parameters apart: share them again
+    _materialise(model, dtype, device)
+    model.tie_weights()  # shared parameters were allocated apart: share them again
     named = progress_bar(_read_targets(tensors, targets), len(targets), "Loading weights", "tensor")
     _fill(model, named, targets, prepare_block)
     model.post_load()
     return model.eval()
+
+
+def _materialise(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """model.to(dtype).to_empty(device=device), by hand: every parameter and buffer an uninitialised
+    tensor on `device`, floating ones in `dtype`. torch's empty_like of a meta tensor runs through its
+    Python refs, whose first use imports sympy: seconds of start-up for nothing."""
+    for module in model.modules():
+        for slots in (module._parameters, module._buffers):
+            for name, t in slots.items():
+                if t is None:
+                    continue
+                new = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
+                slots[name] = torch.nn.Parameter(new, t.requires_grad) if slots is module._parameters else new
 
 
 def _read_targets(tensors: dict[str, TensorEntry], targets: dict):
