@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 
 from engine.codeclm import CodeCLMVocab
-from engine.config import CacheConfig, load_config
+from engine.config import CacheConfig
 from engine.core.block_manager import BlockManager
-from engine.core.input_processor import InputProcessor, check_sampling_params
+# default_model_dir stays importable from here, where callers have always found it.
+from engine.core.frontend import EngineFrontend, default_model_dir  # noqa: F401
+from engine.core.input_processor import check_sampling_params
 from engine.core.output_processor import OutputProcessor
 from engine.core.outputs import RequestOutput
 from engine.core.sampling_params import SamplingParams
@@ -22,18 +23,10 @@ from engine.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Request
 from engine.engine_args import DEFAULT_MODEL, EngineArgs
-from engine.hub import resolve_model
-from engine.tokenizer import Tokenizer
-from engine.vocab import Vocabulary, load_vocabulary
+from engine.vocab import Vocabulary
 from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-
-
-def default_model_dir() -> Path:
-    return ASSETS / DEFAULT_MODEL
 
 
 class LLMEngine:
@@ -44,16 +37,11 @@ class LLMEngine:
         args = EngineArgs(model=model, **options)
         self.num_threads = args.num_threads
         self.use_threads()
-        model_dir, self.model_name = resolve_model(
-            default_model_dir() if args.model is None else args.model, args.revision)
-        self.config = load_config(model_dir)
-        self.max_model_len = args.resolve_max_model_len(self.config.max_position_embeddings)
-        self.served_model_names = args.served_model_names()
-        tokenizer = Tokenizer(model_dir, self.config.eos_token_id)
-        self.vocab = vocab or load_vocabulary(model_dir, tokenizer, self.config.vocab_size)
-        if self.vocab.eos_token_id is not None:  # CodeCLM generates up to <eot>
-            tokenizer = tokenizer.with_eos(self.vocab.eos_token_id)
-        self.tokenizer = tokenizer
+        front = EngineFrontend.load(args, vocab)
+        model_dir, self.model_name, self.config = front.model_dir, front.model_name, front.config
+        self.max_model_len, self.served_model_names = front.max_model_len, front.served_model_names
+        tokenizer = self.tokenizer = front.tokenizer
+        self.vocab = front.vocab
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device, self.config)
         cache = CacheConfig(args.block_size, args.num_kv_blocks, args.kv_cache_dtype,
@@ -65,8 +53,7 @@ class LLMEngine:
                                           args.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
                                    self.vocab.generated_modality)
-        self.input_processor = InputProcessor(self.config, tokenizer, self.vocab, args.seed,
-                                              self.max_model_len)
+        self.input_processor = front.input_processor
         self.output_processor = OutputProcessor(tokenizer.eos_token_id, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._log_summary(args, time.perf_counter() - start)

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from engine.engine_args import EngineArgs
+from engine.entrypoints.replicas.options import ReplicaOptions
 
 logger = logging.getLogger("codeinfer.serve")
 
@@ -52,6 +53,7 @@ def register(subparsers) -> None:
                    help="no periodic engine stats line (throughput, running and waiting "
                         "requests, KV cache usage) while busy")
     EngineArgs.add_cli_args(p)
+    ReplicaOptions.add_cli_args(p)
     p.set_defaults(func=run)
 
 
@@ -73,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in _LOOPBACK and args.api_key is None:
         logger.warning("listening on %s without --api-key: anyone who can reach it can use it",
                        args.host)
+    try:
+        replicas = ReplicaOptions.from_cli_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if replicas.uses_ray:
+        return _run_replicas(args)
 
     import uvicorn
 
@@ -100,6 +109,20 @@ def run(args: argparse.Namespace) -> int:
     server = DrainingServer(config, async_llm, drain_timeout=args.shutdown_timeout)
     server.run()
     return 0 if server.started else 1
+
+
+def _run_replicas(args: argparse.Namespace) -> int:
+    """Engine replicas on Ray Serve behind the same app; fails at once without the extra."""
+    from engine.entrypoints.replicas import require_ray
+
+    try:
+        require_ray()
+    except ImportError as exc:
+        print(f"error: --num-replicas / --ray-address need Ray Serve: {exc}", file=sys.stderr)
+        return 2
+    from engine.entrypoints.replicas.launch import run_replicas
+
+    return run_replicas(args, app_options(args))
 
 
 def app_options(args: argparse.Namespace) -> dict:
