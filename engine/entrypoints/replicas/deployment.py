@@ -57,7 +57,7 @@ def engine_deployment_options(engine_args: EngineArgs, options: ReplicaOptions,
     if options.autoscaling:
         low, high = options.replica_range
         scale = {"autoscaling_config": {
-            "min_replicas": low, "max_replicas": high, "initial_replicas": options.num_replicas,
+            "min_replicas": low, "max_replicas": high, "initial_replicas": options.initial_replicas,
             "target_ongoing_requests": options.target_ongoing_requests}}
     router = RequestRouterConfig(
         request_router_class=PrefixAffinityRouter,

@@ -41,9 +41,6 @@ class ReplicaOptions:
             low, high = self.replica_range
             if high < max(low, 1):
                 raise ValueError(f"max_replicas ({high}) must be >= 1 and >= min_replicas ({low})")
-            if not low <= self.num_replicas <= high:
-                raise ValueError(f"num_replicas ({self.num_replicas}) must lie between "
-                                 f"min_replicas ({low}) and max_replicas ({high}) when autoscaling")
         if not self.target_ongoing_requests > 0:
             raise ValueError(f"target_ongoing_requests must be > 0, got "
                              f"{self.target_ongoing_requests!r}")
@@ -56,10 +53,17 @@ class ReplicaOptions:
 
     @property
     def replica_range(self) -> tuple[int, int]:
-        """(min, max) replicas when autoscaling: a missing bound is num_replicas."""
-        low = self.num_replicas if self.min_replicas is None else self.min_replicas
+        """(min, max) replicas when autoscaling (Serve's defaults for a missing bound: at least
+        1, at most what it starts with)."""
+        low = 1 if self.min_replicas is None else self.min_replicas
         high = max(self.num_replicas, low) if self.max_replicas is None else self.max_replicas
         return low, high
+
+    @property
+    def initial_replicas(self) -> int:
+        """The replicas to start with: num_replicas, within the autoscaling range."""
+        low, high = self.replica_range
+        return min(max(self.num_replicas, low), high)
 
     @property
     def uses_ray(self) -> bool:
@@ -84,7 +88,7 @@ class ReplicaOptions:
                         "extra: pip install -e \".[ray]\")")
         group.add_argument("--num-replicas", type=int, default=1, metavar="N",
                            help="engine replicas (more than 1 serves through Ray Serve); with "
-                                "autoscaling, the number to start with")
+                                "autoscaling, the number to start with (within the range)")
         group.add_argument("--min-replicas", type=int, default=None, metavar="N",
                            help="autoscale on ongoing requests, down to N replicas")
         group.add_argument("--max-replicas", type=int, default=None, metavar="N",

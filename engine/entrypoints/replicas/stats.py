@@ -14,7 +14,8 @@ import time
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 STATS_PERIOD_S = 0.5
-STALE_AFTER_S = 3.0
+# Long enough that a replica busy on a shared machine (its pushes late) does not flicker off.
+STALE_AFTER_S = 10.0
 
 
 def board_name(app_name: str) -> str:
