@@ -59,16 +59,17 @@ def engine_deployment_options(engine_args: EngineArgs, options: ReplicaOptions,
         scale = {"autoscaling_config": {
             "min_replicas": low, "max_replicas": high, "initial_replicas": options.initial_replicas,
             "target_ongoing_requests": options.target_ongoing_requests}}
-    router = RequestRouterConfig(
-        request_router_class=PrefixAffinityRouter,
-        request_router_kwargs={"block_size": engine_args.block_size,
-                               "affinity_blocks": options.affinity_blocks,
-                               "imbalance_threshold": options.imbalance_threshold})
-    return {**scale, "ray_actor_options": {"num_cpus": cpus},
-            # What one engine holds: the sequences it runs and those it lets wait.
-            "max_ongoing_requests": engine_args.max_num_seqs + max_queue,
-            "health_check_period_s": options.health_check_period_s,
-            "request_router_config": router}
+    deployment = {**scale, "ray_actor_options": {"num_cpus": cpus},
+                  # What one engine holds: the sequences it runs and those it lets wait.
+                  "max_ongoing_requests": engine_args.max_num_seqs + max_queue,
+                  "health_check_period_s": options.health_check_period_s}
+    if options.router == "prefix-affinity":
+        deployment["request_router_config"] = RequestRouterConfig(
+            request_router_class=PrefixAffinityRouter,
+            request_router_kwargs={"block_size": engine_args.block_size,
+                                   "affinity_blocks": options.affinity_blocks,
+                                   "imbalance_threshold": options.imbalance_threshold})
+    return deployment
 
 
 def build_application(engine_args: EngineArgs, options: ReplicaOptions, app_options: dict,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 # requests than the least loaded one: a continuously batched engine takes a few more requests at
 # little cost, while a miss re-computes the whole prefix elsewhere.
 _ROUTER_IMBALANCE = 8
+# prefix-affinity: PrefixAffinityRouter; default: Serve's own (power of two choices), to compare.
+ROUTERS = ("prefix-affinity", "default")
 
 
 @dataclass
@@ -24,6 +26,7 @@ class ReplicaOptions:
     threads_per_replica: int | None = None
     ray_address: str | None = None
     affinity_blocks: int = 4
+    router: str = "prefix-affinity"
     imbalance_threshold: int = _ROUTER_IMBALANCE
     health_check_period_s: float = 2.0
 
@@ -44,6 +47,8 @@ class ReplicaOptions:
         if not self.target_ongoing_requests > 0:
             raise ValueError(f"target_ongoing_requests must be > 0, got "
                              f"{self.target_ongoing_requests!r}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {', '.join(ROUTERS)}, got {self.router!r}")
         if self.ray_address is not None and not self.ray_address.strip():
             raise ValueError("ray_address must not be empty")
 
@@ -104,6 +109,11 @@ class ReplicaOptions:
         group.add_argument("--affinity-blocks", type=int, default=4, metavar="N",
                            help="the router sends prompts whose first N full KV blocks are "
                                 "equal to the same replica (fewer full blocks: least loaded)")
+        group.add_argument("--request-router", dest="router", default="prefix-affinity",
+                           choices=ROUTERS,
+                           help="how requests pick a replica: by prompt prefix (keeps prefix "
+                                "caching useful), or Ray Serve's default (least loaded of two "
+                                "random replicas)")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ReplicaOptions:
@@ -111,4 +121,4 @@ class ReplicaOptions:
                    max_replicas=args.max_replicas,
                    target_ongoing_requests=args.target_ongoing_requests,
                    threads_per_replica=args.threads_per_replica, ray_address=args.ray_address,
-                   affinity_blocks=args.affinity_blocks)
+                   affinity_blocks=args.affinity_blocks, router=args.router)

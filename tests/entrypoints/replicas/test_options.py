@@ -44,6 +44,7 @@ def test_engine_and_single_process_server_never_import_ray():
     ({"min_replicas": -1}, "min_replicas"),
     ({"target_ongoing_requests": 0}, "target_ongoing_requests"),
     ({"ray_address": " "}, "ray_address"), ({"affinity_blocks": 0}, "affinity_blocks"),
+    ({"router": "round-robin"}, "router"),
 ])
 def test_invalid_options_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -82,3 +83,23 @@ def test_rendezvous_ranking_moves_only_the_keys_of_a_replica_that_leaves():
     for key, owner in owners.items():
         new_owner = rank_by_affinity(key, remaining)[0]
         assert new_owner == owner or owner == "r2"
+
+
+def test_deployment_options_reserve_cpus_and_pick_the_router():
+    from engine.engine_args import EngineArgs
+    from engine.entrypoints.replicas.deployment import engine_deployment_options
+    from engine.entrypoints.replicas.router import PrefixAffinityRouter
+
+    args = EngineArgs(block_size=32, max_num_seqs=8)
+    fixed = engine_deployment_options(args, ReplicaOptions(num_replicas=3, threads_per_replica=2),
+                                      max_queue=4)
+    assert fixed["num_replicas"] == 3 and fixed["ray_actor_options"] == {"num_cpus": 2}
+    assert fixed["max_ongoing_requests"] == 12
+    router = fixed["request_router_config"]
+    assert router.request_router_class == (f"{PrefixAffinityRouter.__module__}."
+                                           f"{PrefixAffinityRouter.__qualname__}")
+    assert router.request_router_kwargs["block_size"] == 32
+    scaled = engine_deployment_options(
+        args, ReplicaOptions(min_replicas=1, max_replicas=4, router="default"), max_queue=4)
+    assert scaled["autoscaling_config"]["max_replicas"] == 4 and "num_replicas" not in scaled
+    assert "request_router_config" not in scaled
