@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if replicas.uses_ray:
-        return _run_replicas(args)
+        return _run_replicas(args, local=replicas.ray_address is None)
 
     import uvicorn
 
@@ -111,12 +111,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-def _run_replicas(args: argparse.Namespace) -> int:
-    """Engine replicas on Ray Serve behind the same app; fails at once without the extra."""
+def _run_replicas(args: argparse.Namespace, local: bool) -> int:
+    """Engine replicas on Ray Serve behind the same app; fails at once without the extra.
+    local: start a Ray instance on loopback (else join --ray-address)."""
     from engine.entrypoints.replicas import require_ray
 
     try:
-        require_ray()
+        require_ray(loopback=local)
     except ImportError as exc:
         print(f"error: --num-replicas / --ray-address need Ray Serve: {exc}", file=sys.stderr)
         return 2

@@ -10,12 +10,25 @@ place that says what to install.
 
 from __future__ import annotations
 
+import os
+import sys
+
 RAY_EXTRA_HINT = ('Ray Serve is not installed; install the extra with `pip install -e ".[ray]"` '
                   "(from a checkout) or `pip install 'codeinfer[ray]'`")
 
 
-def require_ray() -> None:
-    """ImportError naming the `ray` extra when Ray Serve cannot be imported."""
+# Ray resolves 127.0.0.1 given as the node address to the machine's own IP, on purpose (its
+# nodes must reach each other); only its single-machine mode (the one macOS and Windows get)
+# binds every Ray port to loopback. It is read when ray is first imported.
+_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def require_ray(loopback: bool = False) -> None:
+    """Import Ray Serve (ImportError naming the `ray` extra when it is missing). loopback: Ray
+    instances this process starts, and their processes, listen on 127.0.0.1 only."""
+    if loopback:
+        assert sys.modules.get("ray") is None, "loopback must be chosen before ray is imported"
+        os.environ.update(_LOOPBACK_ENV)
     try:
         import ray  # noqa: F401
         from ray import serve  # noqa: F401

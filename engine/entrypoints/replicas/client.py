@@ -10,6 +10,7 @@ replica (which is what the prefix-affinity router hashes).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from functools import partial
 
@@ -104,6 +105,7 @@ class ReplicaClient:
         self._accepting = True
         self._refresh: asyncio.Task | None = None
         self.replica_stats: dict[str, dict] = {}   # replica id -> its newest stats
+        self.routed: collections.Counter = collections.Counter()  # replica id -> accepted
         self._stats: dict = {}
 
     def start(self) -> None:
@@ -137,6 +139,7 @@ class ReplicaClient:
         except BaseException:
             stream.cancel(EngineClosed(f"request {request_id} was aborted"))
             raise
+        self.routed[stream.replica_id] += 1
         return stream
 
     def abort(self, request_id: str, error: EngineClosed | None = None) -> None:

@@ -1,8 +1,8 @@
 """`codeinfer serve --num-replicas N [--ray-address ADDR]`: start (or join) Ray, deploy the app,
 serve until SIGTERM/SIGINT, then take down what this process put up.
 
-Without --ray-address a local Ray instance is started, bound to 127.0.0.1 and without its
-dashboard; it ends with this process. With one, the app is deployed on that cluster and deleted
+Without --ray-address a local Ray instance is started, bound to 127.0.0.1 (see require_ray) and
+without its dashboard; it ends with this process. With one, the app is deployed on that cluster and deleted
 at exit, leaving the cluster (and Serve's proxies) as they were.
 """
 
@@ -20,9 +20,10 @@ logger = logging.getLogger("codeinfer.serve")
 
 
 def local_ray_options(num_cpus: int) -> dict:
-    """ray.init's arguments for a single-machine instance reachable from this machine only."""
-    return {"num_cpus": num_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
-            "configure_logging": False, "log_to_driver": False}
+    """ray.init's arguments for a single-machine instance (bound to loopback when Ray was
+    imported through require_ray(loopback=True))."""
+    return {"num_cpus": num_cpus, "include_dashboard": False, "configure_logging": False,
+            "log_to_driver": False}
 
 
 def run_replicas(args, app_options: dict) -> int:

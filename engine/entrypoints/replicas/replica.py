@@ -50,7 +50,7 @@ class EngineReplica:
         engine = await asyncio.to_thread(LLMEngine.from_engine_args, EngineArgs(**engine_args))
         self.async_llm = AsyncLLM(engine, max_waiting=max_waiting)
         self.async_llm.start()
-        self.counts = {"requests": 0, "aborted": 0}
+        self.num_aborted = 0
         self._stats_task = asyncio.ensure_future(self._publish_stats())
 
     async def generate(self, request_id: str, tokens: dict, sampling_params):
@@ -59,7 +59,6 @@ class EngineReplica:
         except Exception as exc:
             yield ("error", error_kind(exc), str(exc))
             return
-        self.counts["requests"] += 1
         yield ("accepted", self.replica_id)
         try:
             async for output in stream:
@@ -68,7 +67,7 @@ class EngineReplica:
             yield ("error", error_kind(exc), str(exc))
         finally:
             if not stream.finished:  # cancelled by the ingress: its client left
-                self.counts["aborted"] += 1
+                self.num_aborted += 1
                 self.async_llm.abort(request_id)
 
     def info(self) -> dict:
@@ -77,7 +76,7 @@ class EngineReplica:
     def stats(self) -> dict:
         """The engine's stats and this replica's counters (what the ingress's /metrics shows)."""
         return {**self.async_llm.stats, "num_server_waiting": self.async_llm.num_waiting,
-                **{f"num_{name}": value for name, value in self.counts.items()},
+                "num_aborted": self.num_aborted,
                 "pid": os.getpid()}
 
     async def _publish_stats(self) -> None:

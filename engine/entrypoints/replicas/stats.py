@@ -52,8 +52,6 @@ _SAMPLES = (
      "prefix cache.", "prefix_cache_queries", "counter"),
     ("codeinfer_replica_prefix_cache_hits", "Prompt tokens the replica found in its prefix cache.",
      "prefix_cache_hits", "counter"),
-    ("codeinfer_replica_requests", "Requests the replica's engine accepted.", "num_requests",
-     "counter"),
     ("codeinfer_replica_aborted_requests", "Requests aborted in the replica because the client "
      "left.", "num_aborted", "counter"),
 )
@@ -91,6 +89,12 @@ class ReplicaCollector:
                                      labels=["replica"])
         info = GaugeMetricFamily("codeinfer_replica_info", "One per live replica: its process.",
                                  labels=["replica", "pid"])
+        # Counted here, where the router's choice arrives, so a late stats push cannot hide one.
+        routed = CounterMetricFamily("codeinfer_replica_requests",
+                                     "Requests routed to the replica and accepted by its engine.",
+                                     labels=["replica"])
+        for replica_id, count in sorted(self.client.routed.items()):
+            routed.add_metric([replica_id], float(count))
         for replica_id, stats in sorted(per_replica.items()):
             for name, _, key, _ in _SAMPLES:
                 families[name].add_metric([replica_id], float(stats.get(key, 0)))
@@ -100,4 +104,4 @@ class ReplicaCollector:
                                 stats.get("prefix_cache_hits", 0) / queries if queries else 0.0)
             info.add_metric([replica_id, str(stats.get("pid", ""))], 1.0)
         yield from families.values()
-        yield from (usage, hit_rate, info)
+        yield from (usage, hit_rate, info, routed)

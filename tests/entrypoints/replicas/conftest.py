@@ -78,6 +78,23 @@ class ReplicaServer:
         return {replica: int(pid) for pid, replica in re.findall(
             r'^codeinfer_replica_info\{pid="(\d+)",replica="([^"]+)"\}', response.text, re.M)}
 
+    def group(self) -> list[str]:
+        """'pid command' of every process in the server's process group (Ray's included)."""
+        return _group_members(self.proc.pid)
+
+    def listening(self) -> set[str]:
+        """The addresses the server's process group listens on (TCP)."""
+        import psutil
+
+        found = set()
+        for member in self.group():
+            try:
+                connections = psutil.Process(int(member.split()[0])).net_connections("tcp")
+            except psutil.Error:
+                continue
+            found |= {c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN}
+        return found
+
     def stop(self) -> list[str]:
         """SIGTERM and wait; returns what was left of its process group (then killed)."""
         if self.proc.poll() is None:
@@ -95,7 +112,7 @@ class ReplicaServer:
 
 
 def _group_members(pgid: int) -> list[str]:
-    out = subprocess.run(["ps", "-e", "-o", "pgid=,pid=,args="], capture_output=True,
+    out = subprocess.run(["ps", "-e", "-ww", "-o", "pgid=,pid=,args="], capture_output=True,
                          text=True).stdout
     rows = (line.split(None, 2) for line in out.splitlines())
     return [" ".join(row[1:]) for row in rows if len(row) == 3 and row[0] == str(pgid)]

@@ -55,6 +55,14 @@ def test_models_health_and_errors_like_single(replicas, single):
     assert got.json()["error"]["message"] == want.json()["error"]["message"]
 
 
+def test_local_ray_listens_on_loopback_only(replicas):
+    group = replicas.group()
+    # Ray's own processes share the server's process group (so teardown finds any leftover).
+    assert any("gcs_server" in p for p in group) and any("raylet" in p for p in group), group
+    addresses = replicas.listening()
+    assert addresses and addresses <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, addresses
+
+
 def test_greedy_completions_and_streams_equal_single_process(replicas, single):
     remote, local = clients(replicas, single)
     model = local.models.list().data[0].id
