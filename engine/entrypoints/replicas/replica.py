@@ -15,14 +15,11 @@ request in the engine: its blocks are free before the next step.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 
 from engine.engine_args import EngineArgs
 from engine.entrypoints.async_engine import AsyncLLM, EngineClosed, EngineError, QueueFull
 from engine.entrypoints.replicas.stats import STATS_PERIOD_S, board_name
-
-logger = logging.getLogger(__name__)
 
 
 def error_kind(exc: BaseException) -> str:
