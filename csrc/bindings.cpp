@@ -88,7 +88,7 @@ PYBIND11_MODULE(_cpu, m) {
 #define FIELD(name) .def_readwrite(#name, &PackedLinearArgs::name)
       FIELD(x) FIELD(gamma) FIELD(beta) FIELD(packed) FIELD(colsum) FIELD(w_scales) FIELD(bias) FIELD(residual)
       FIELD(out) FIELD(num_rows) FIELD(in_features) FIELD(out_features) FIELD(x_stride) FIELD(res_stride)
-      FIELD(out_stride) FIELD(act_start) FIELD(eps);
+      FIELD(out_stride) FIELD(act_start) FIELD(group_size) FIELD(eps);
 #undef FIELD
   // A layer's template (weights, norm, bias: kernels.cpu.PackedLinear) and one call's rows.
   const auto linear_rows = [](void (*op)(const PackedLinearArgs&, const std::string&, const std::string&)) {
@@ -102,7 +102,8 @@ PYBIND11_MODULE(_cpu, m) {
     };
   };
   for (const auto& [name, op] : {std::pair{"int8_linear", &codeinfer::int8_linear},
-                                 std::pair{"bf16_linear", &codeinfer::bf16_linear}})
+                                 std::pair{"bf16_linear", &codeinfer::bf16_linear},
+                                 std::pair{"int4_linear", &codeinfer::int4_linear}})
     m.def(name, linear_rows(op), py::call_guard<py::gil_scoped_release>(), py::arg("layer"), py::arg("x"),
           py::arg("out"), py::arg("residual"), py::arg("num_rows"), py::arg("x_stride"), py::arg("res_stride"),
           py::arg("act_start"), py::arg("dtype"), py::arg("out_dtype"));

@@ -54,18 +54,20 @@ struct QuantPackArgs {
 
 void quantize_pack_int8(const QuantPackArgs& args, const std::string& dtype);
 
-// Operands of int8_linear and bf16_linear (see csrc/gemm.cpp for the packed weight layouts; colsum
-// and w_scales are int8's). Strides are in elements; gamma, beta (x's dtype), bias, residual (the
-// output's dtype): 0 = absent.
+// Operands of int8_linear, bf16_linear and int4_linear (see csrc/gemm.cpp and csrc/gemm_int4.cpp for
+// the packed weight layouts; colsum and w_scales are int8's, int4 passes its fp16 group scales and
+// mins as w_scales, and its group_size). Strides are in elements; gamma, beta (x's dtype), bias,
+// residual (the output's dtype): 0 = absent.
 struct PackedLinearArgs {
   uintptr_t x = 0, gamma = 0, beta = 0, packed = 0, colsum = 0, w_scales = 0, bias = 0, residual = 0, out = 0;
   int64_t num_rows = 0, in_features = 0, out_features = 0, x_stride = 0, res_stride = 0, out_stride = 0;
-  int64_t act_start = 0;
+  int64_t act_start = 0, group_size = 0;
   float eps = 1e-5f;
 };
 
 void int8_linear(const PackedLinearArgs& args, const std::string& dtype, const std::string& out_dtype);
 void bf16_linear(const PackedLinearArgs& args, const std::string& dtype, const std::string& out_dtype);
+void int4_linear(const PackedLinearArgs& args, const std::string& dtype, const std::string& out_dtype);
 
 // Per row of fp32 logits [rows, vocab] (row stride in elements): argmax [rows] int64 and logsumexp
 // [rows] fp32 (csrc/sampling.cpp).

@@ -232,15 +232,37 @@ def quantize_pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return packed, colsum, scales
 
 
-# Packed weight layouts of the two linear ops: (weight dtype, weight values per 32-bit word).
-_PACKED = {"int8": (torch.int8, 4), "bf16": (torch.bfloat16, 2)}
+# Packed weight layouts of the linear ops: (weight dtype, weight values per 32-bit word).
+_PACKED = {"int8": (torch.int8, 4), "bf16": (torch.bfloat16, 2), "int4": (torch.uint8, 8)}
+
+
+def _packed_shape(kind: str, n: int, k: int, group_size: int) -> tuple:
+    if kind == "int4":  # [panels, Kp / 8, 16, 4] bytes, two nibbles each (csrc/gemm_int4.cpp)
+        return -(-n // 16), -(-k // group_size) * group_size // 8, 16, 4
+    per_word = _PACKED[kind][1]
+    return -(-n // 16), -(-k // per_word), 16, per_word
+
+
+def _int4_group_size(packed: torch.Tensor, params: torch.Tensor | None, n: int) -> int:
+    """The group size of int4 weights, from the shapes of packed and its fp16 params [P, groups, 2, 16]."""
+    if params is not None:
+        check_device(_CPU, params=params)
+    if params is None or params.dim() != 4 or params.shape[0] != -(-n // 16) or params.shape[2:] != (2, 16) \
+            or params.dtype != torch.float16 or not params.is_contiguous() or packed.dim() != 4:
+        raise ValueError(f"params: expected a contiguous float16 [{-(-n // 16)}, groups, 2, 16] tensor "
+                         f"(pack_int4_weight), got {None if params is None else (list(params.shape), params.dtype)}")
+    group_size = packed.shape[1] * 8 // max(params.shape[1], 1)
+    if group_size <= 0 or group_size % 32:
+        raise ValueError(f"params: {params.shape[1]} groups do not split packed's {packed.shape[1] * 8} inputs "
+                         f"into groups of a multiple of 32")
+    return group_size
 
 
 class PackedLinear:
     """A packed linear layer's fixed operands (weight, its scales, bias, the layer norm on its input),
     checked once and held in the C++ argument template; a call passes the rows of one step:
     `linear(x, residual=None, act_start=None) -> [rows, out_features]` (see kernels.reference
-    int8_linear / bf16_linear for the arithmetic). Each rule is checked where its operand comes in:
+    int8_linear / bf16_linear / int4_linear for the arithmetic; int4 passes its params as w_scales). Each rule is checked where its operand comes in:
     the fixed ones here, x / residual / act_start per call (TypeError / ValueError naming it)."""
 
     __slots__ = ("kind", "in_features", "out_features", "x_dtype", "out_dtype", "_args", "_names", "_operands")
@@ -256,9 +278,9 @@ class PackedLinear:
         if out_dtype not in _DTYPES:
             raise TypeError(f"out_dtype: the CPU kernels take float32 or bfloat16, got {out_dtype}")
         n, k = out_features, in_features
-        dtype, per_word = _PACKED[kind]
-        shape = (-(-n // 16), -(-k // per_word), 16, per_word)
         check_device(_CPU, packed=packed)
+        group_size = _int4_group_size(packed, w_scales, n) if kind == "int4" else 0
+        dtype, shape = _PACKED[kind][0], _packed_shape(kind, n, k, group_size)
         if packed.shape != shape or packed.dtype != dtype or not packed.is_contiguous():
             raise ValueError(f"packed: expected a contiguous {dtype} {list(shape)} tensor (pack_{kind}_weight of a "
                              f"[{n}, {k}] weight), got {list(packed.shape)} {packed.dtype}")
@@ -271,6 +293,8 @@ class PackedLinear:
             colsum = _vector(colsum, "colsum", shape[0] * 16, torch.int32)
             w_scales = _vector(w_scales, "w_scales", n, torch.float32)
             a.colsum, a.w_scales = colsum.data_ptr(), w_scales.data_ptr()
+        elif kind == "int4":  # fp16 group scales and mins in the w_scales slot
+            a.w_scales, a.group_size = w_scales.data_ptr(), group_size
         a.packed, a.gamma, a.beta, a.bias = packed.data_ptr(), _ptr(gamma), _ptr(beta), _ptr(bias)
         a.in_features, a.out_features, a.out_stride, a.eps = k, n, n, float(eps)
         self.kind, self.in_features, self.out_features = kind, k, n
@@ -304,10 +328,12 @@ class PackedLinear:
         elif not 0 <= act_start <= n:
             raise ValueError(f"act_start: expected None or 0..{n}, got {act_start}")
         out = torch.empty(rows, n, dtype=self.out_dtype)
-        run = _cpu.int8_linear if self.kind == "int8" else _cpu.bf16_linear
-        run(self._args, x.data_ptr(), out.data_ptr(), res_ptr, rows, max(x.stride(0), k), res_stride,
+        _RUNS[self.kind](self._args, x.data_ptr(), out.data_ptr(), res_ptr, rows, max(x.stride(0), k), res_stride,
             int(act_start), *self._names)
         return out
+
+
+_RUNS = {"int8": _cpu.int8_linear, "bf16": _cpu.bf16_linear, "int4": _cpu.int4_linear}
 
 
 def _in_features(x: torch.Tensor) -> int:
@@ -363,3 +389,21 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _cpu.argmax_logsumexp(logits.data_ptr(), argmax.data_ptr(), lse.data_ptr(), rows, vocab,
                           max(logits.stride(0), vocab))
     return argmax, lse
+
+
+def bind_int4_linear(packed: torch.Tensor, params: torch.Tensor, in_features: int, out_features: int,
+                     bias: torch.Tensor | None = None, gamma: torch.Tensor | None = None,
+                     beta: torch.Tensor | None = None, eps: float = 1e-5, x_dtype: torch.dtype = torch.bfloat16,
+                     out_dtype: torch.dtype | None = None) -> PackedLinear:
+    """int4_linear with its fixed operands bound (checked once): f(x, residual=None, act_start=None)."""
+    return PackedLinear("int4", packed, in_features, out_features, None, params, bias, gamma, beta, eps, x_dtype,
+                        out_dtype)
+
+
+def int4_linear(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor, out_features: int,
+                bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+                eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """See kernels.reference.int4_linear (one call: layer norm, int8 rows, 4-bit GEMM, epilogue)."""
+    return bind_int4_linear(packed, params, _in_features(x), out_features, bias, gamma, beta, eps, x.dtype,
+                            out_dtype)(x, residual, act_start)

@@ -1,0 +1,49 @@
+// The epilogue the packed CPU linears share (csrc/gemm.cpp, csrc/gemm_int4.cpp): bias, tanh gelu on
+// the columns from act_start, residual, one store in the output dtype. G is a GEMM's operand struct
+// with T (the output type), bias, residual, out, res_stride, out_stride and act_start.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "common.h"
+#include "simd.h"
+
+namespace codeinfer {
+namespace epilogue {
+
+// One output element from its fp32 value v (before bias).
+template <typename G>
+inline void finish(const G& g, int64_t m, int64_t n, float v) {
+  if (g.bias) v += to_float(g.bias[n]);
+  if (n >= g.act_start) v = gelu_tanh(v);
+  if (g.residual) v += to_float(g.residual[m * g.res_stride + n]);
+  g.out[m * g.out_stride + n] = from_float<typename G::T>(v);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline __m512 load16(const bf16* p, __mmask16 mask) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline void store16(float* p, __m512 v, __mmask16 mask) { _mm512_mask_storeu_ps(p, mask, v); }
+inline void store16(bf16* p, __m512 v, __mmask16 mask) {  // round to nearest even, as torch
+  _mm256_mask_storeu_epi16(p, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+}
+
+// Columns [n0, n0 + 16) of row m (those below N) from their fp32 values v (before bias).
+template <typename G>
+inline void finish16(const G& g, int64_t m, int64_t n0, __m512 v) {
+  const __mmask16 mask = g.N - n0 >= 16 ? __mmask16(0xffff) : __mmask16((1u << (g.N - n0)) - 1);
+  if (g.bias) v = _mm512_add_ps(v, load16(g.bias + n0, mask));
+  // Lanes with n >= act_start take the gelu.
+  const int64_t first = std::clamp<int64_t>(g.act_start - n0, 0, 16);
+  const __mmask16 act = first >= 16 ? __mmask16(0) : __mmask16(0xffffu << first);
+  if (act) v = _mm512_mask_mov_ps(v, act, simd::gelu_tanh(v));
+  if (g.residual) v = _mm512_add_ps(v, load16(g.residual + m * g.res_stride + n0, mask));
+  store16(g.out + m * g.out_stride + n0, v, mask);
+}
+#endif
+
+}  // namespace epilogue
+}  // namespace codeinfer
