@@ -78,9 +78,12 @@ PYBIND11_MODULE(_cpu, m) {
   py::class_<QuantPackArgs>(m, "QuantPackArgs")
       .def(py::init<>())
 #define FIELD(name) .def_readwrite(#name, &QuantPackArgs::name)
-      FIELD(weight) FIELD(packed) FIELD(colsum) FIELD(scales) FIELD(out_features) FIELD(in_features);
+      FIELD(weight) FIELD(packed) FIELD(colsum) FIELD(scales) FIELD(out_features) FIELD(in_features)
+      FIELD(group_size) FIELD(asymmetric);
 #undef FIELD
   m.def("quantize_pack_int8", &codeinfer::quantize_pack_int8, py::call_guard<py::gil_scoped_release>(),
+        py::arg("args"), py::arg("dtype"));
+  m.def("quantize_pack_int4", &codeinfer::quantize_pack_int4, py::call_guard<py::gil_scoped_release>(),
         py::arg("args"), py::arg("dtype"));
 
   py::class_<PackedLinearArgs>(m, "PackedLinearArgs")

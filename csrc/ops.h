@@ -46,13 +46,16 @@ struct QuantizeArgs {
 
 void quantize_rows(const QuantizeArgs& args, const std::string& dtype);
 
-// Operands of quantize_pack_int8 (csrc/quant.cpp): weight [out, in] in, packed / colsum / scales out.
+// Operands of quantize_pack_int8 (csrc/quant.cpp): weight [out, in] in, packed / colsum / scales out;
+// of quantize_pack_int4 (csrc/quant_int4.cpp): packed and scales (its fp16 params) out, group_size.
 struct QuantPackArgs {
   uintptr_t weight = 0, packed = 0, colsum = 0, scales = 0;
-  int64_t out_features = 0, in_features = 0;
+  int64_t out_features = 0, in_features = 0, group_size = 0;
+  bool asymmetric = true;
 };
 
 void quantize_pack_int8(const QuantPackArgs& args, const std::string& dtype);
+void quantize_pack_int4(const QuantPackArgs& args, const std::string& dtype);
 
 // Operands of int8_linear, bf16_linear and int4_linear (see csrc/gemm.cpp and csrc/gemm_int4.cpp for
 // the packed weight layouts; colsum and w_scales are int8's, int4 passes its fp16 group scales and

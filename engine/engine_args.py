@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 KV_CACHE_DTYPES = ("auto", "int8")
@@ -56,7 +56,8 @@ class EngineArgs:
     dtype: str = _option(
         "auto", "weight/activation dtype (auto = int8 on the CPU for models with 50M+ linear weights, "
                 "else bfloat16; int8 = int8 linear weights and per-token int8 GEMM inputs, bfloat16 "
-                "elsewhere: the fastest CPU mode)", choices=DTYPES)
+                "elsewhere; int4 = the same with group-wise 4-bit weights in the blocks (CPU): the "
+                "fastest decode of large models)", choices=DTYPES)
     device: str = _option("auto", "where the model runs (auto: cuda when there is one, else cpu)",
                           choices=DEVICES)
     attention_backend: str = _option(

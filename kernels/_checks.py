@@ -130,3 +130,16 @@ def check_cache_scales(k_cache, v_cache, k_scale, v_scale) -> None:
         if t.dtype != torch.float32 or not t.is_contiguous() or t.device != k_cache.device:
             raise TypeError(f"{name}: expected a contiguous float32 tensor on {k_cache.device}")
         check_shape(t, name, k_cache.shape[:3])
+
+
+def int4_group_size(packed: torch.Tensor, params: torch.Tensor | None, n: int) -> int:
+    """The group size of int4 weights, from the shapes of packed and its fp16 params [P, groups, 2, 16]."""
+    if params is None or params.dim() != 4 or params.shape[0] != -(-n // 16) or params.shape[2:] != (2, 16) \
+            or params.dtype != torch.float16 or not params.is_contiguous() or packed.dim() != 4:
+        raise ValueError(f"params: expected a contiguous float16 [{-(-n // 16)}, groups, 2, 16] tensor "
+                         f"(pack_int4_weight), got {None if params is None else (list(params.shape), params.dtype)}")
+    group_size = packed.shape[1] * 8 // max(params.shape[1], 1)
+    if group_size <= 0 or group_size % 32:
+        raise ValueError(f"params: {params.shape[1]} groups do not split packed's {packed.shape[1] * 8} inputs "
+                         f"into groups of a multiple of 32")
+    return group_size

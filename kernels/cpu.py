@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from kernels import _cpu
-from kernels._checks import (check_attention_rows, check_cache, check_cache_scales, check_device,
+from kernels._checks import (check_attention_rows, check_cache, check_cache_scales, check_device, int4_group_size,
                              check_embedding_shapes, check_rotary_rows, check_rotary_table, check_window)
 
 _CPU = torch.device("cpu")
@@ -232,6 +232,27 @@ def quantize_pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return packed, colsum, scales
 
 
+def quantize_pack_int4(weight: torch.Tensor, group_size: int = 64,
+                       asymmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """See kernels.reference.quantize_pack_int4 (the same arithmetic; a rare group may differ in the
+    last bit of its refit scale): one pass over the weight, panels on every thread."""
+    check_device(_CPU, weight=weight)
+    dtype = _dtype_name(weight, "weight")
+    if weight.dim() != 2 or 0 in weight.shape:
+        raise ValueError(f"weight: expected a non-empty [out_features, in_features] tensor, got {list(weight.shape)}")
+    if group_size <= 0 or group_size % 32:
+        raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size}")
+    weight = weight.detach().contiguous()
+    (n, k), groups = weight.shape, -(-weight.shape[1] // group_size)
+    packed = torch.empty(_packed_shape("int4", n, k, group_size), dtype=torch.uint8)
+    params = torch.empty(packed.shape[0], groups, 2, 16, dtype=torch.float16)
+    a = _cpu.QuantPackArgs()
+    a.weight, a.packed, a.scales = weight.data_ptr(), packed.data_ptr(), params.data_ptr()
+    a.out_features, a.in_features, a.group_size, a.asymmetric = n, k, group_size, bool(asymmetric)
+    _cpu.quantize_pack_int4(a, dtype)
+    return packed, params
+
+
 # Packed weight layouts of the linear ops: (weight dtype, weight values per 32-bit word).
 _PACKED = {"int8": (torch.int8, 4), "bf16": (torch.bfloat16, 2), "int4": (torch.uint8, 8)}
 
@@ -241,21 +262,6 @@ def _packed_shape(kind: str, n: int, k: int, group_size: int) -> tuple:
         return -(-n // 16), -(-k // group_size) * group_size // 8, 16, 4
     per_word = _PACKED[kind][1]
     return -(-n // 16), -(-k // per_word), 16, per_word
-
-
-def _int4_group_size(packed: torch.Tensor, params: torch.Tensor | None, n: int) -> int:
-    """The group size of int4 weights, from the shapes of packed and its fp16 params [P, groups, 2, 16]."""
-    if params is not None:
-        check_device(_CPU, params=params)
-    if params is None or params.dim() != 4 or params.shape[0] != -(-n // 16) or params.shape[2:] != (2, 16) \
-            or params.dtype != torch.float16 or not params.is_contiguous() or packed.dim() != 4:
-        raise ValueError(f"params: expected a contiguous float16 [{-(-n // 16)}, groups, 2, 16] tensor "
-                         f"(pack_int4_weight), got {None if params is None else (list(params.shape), params.dtype)}")
-    group_size = packed.shape[1] * 8 // max(params.shape[1], 1)
-    if group_size <= 0 or group_size % 32:
-        raise ValueError(f"params: {params.shape[1]} groups do not split packed's {packed.shape[1] * 8} inputs "
-                         f"into groups of a multiple of 32")
-    return group_size
 
 
 class PackedLinear:
@@ -279,7 +285,9 @@ class PackedLinear:
             raise TypeError(f"out_dtype: the CPU kernels take float32 or bfloat16, got {out_dtype}")
         n, k = out_features, in_features
         check_device(_CPU, packed=packed)
-        group_size = _int4_group_size(packed, w_scales, n) if kind == "int4" else 0
+        if kind == "int4" and w_scales is not None:
+            check_device(_CPU, params=w_scales)
+        group_size = int4_group_size(packed, w_scales, n) if kind == "int4" else 0
         dtype, shape = _PACKED[kind][0], _packed_shape(kind, n, k, group_size)
         if packed.shape != shape or packed.dtype != dtype or not packed.is_contiguous():
             raise ValueError(f"packed: expected a contiguous {dtype} {list(shape)} tensor (pack_{kind}_weight of a "

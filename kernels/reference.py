@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from kernels._bind import closure_binders
+from kernels.int4_pack import pack_int4_weight, quantize_int4, quantize_pack_int4, unpack_int4  # noqa: F401
 
 
 def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,
@@ -260,80 +261,13 @@ def bf16_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: 
     return _epilogue(v, bias, residual, act_start, out_dtype)
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int = 64, asymmetric: bool = True,
-                  rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[N, K] float -> (u [N, Kp] uint8 in 0..15, scales [N, Kp / G] fp16, mins [N, Kp / G] fp16) with
-    w[n, k] ~= scales[n, k // G] * u[n, k] + mins[n, k // G] for groups of G = group_size consecutive
-    inputs (Kp = K rounded up to G; u = 0 past K). asymmetric: scale = (max - min) / 15 of the group,
-    mins = its min; else symmetric: scale = max|w| / 7, u = clamp(round(w / scale), -8, 7) + 8,
-    mins = -8 scale. u is rounded (to nearest even) from the fp16 scale and min the kernel reads.
-    `rows` output channels at a time, so a large weight's fp32 temporaries stay small."""
-    if group_size <= 0 or group_size % 32:
-        raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size}")
-    n, k = weight.shape
-    kp = -(-k // group_size) * group_size
-    u = torch.zeros(n, kp, dtype=torch.uint8, device=weight.device)
-    scales = torch.empty(n, kp // group_size, dtype=torch.float16, device=weight.device)
-    mins = torch.empty_like(scales)
-    for r in range(0, n, rows):
-        w = torch.nn.functional.pad(weight[r:r + rows].detach().float(), (0, kp - k))
-        w = w.view(w.shape[0], -1, group_size)  # [rows, groups, G]
-        if asymmetric:
-            lo, hi = w.amin(dim=2), w.amax(dim=2)
-            s = ((hi - lo) / 15).clamp_min(2 ** -24).half()
-            m = lo.half()
-            q = torch.round((w - m.float()[..., None]) / s.float()[..., None]).clamp_(0, 15)
-        else:
-            s = (w.abs().amax(dim=2) / 7).clamp_min(2 ** -24).half()
-            m = (s.float() * -8).half()
-            q = torch.round(w / s.float()[..., None]).clamp_(-8, 7) + 8
-        u[r:r + rows] = q.view(q.shape[0], kp).to(torch.uint8)
-        scales[r:r + rows], mins[r:r + rows] = s, m
-    u[:, k:] = 0
-    return u, scales, mins
-
-
-def pack_int4_weight(u: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int4_linear's layout of quantize_int4's output (csrc/gemm_int4.cpp): packed [ceil(N / 16), Kp / 8,
-    16, 4] uint8 with packed[p, k8, c, i] = u[16 p + c, 8 k8 + i] | u[16 p + c, 8 k8 + 4 + i] << 4, and
-    params [ceil(N / 16), Kp / G, 2, 16] fp16: each group's 16 column scales, then its 16 mins
-    (zeros past N)."""
-    n, kp = u.shape
-    if u.dtype != torch.uint8 or kp % 32 or scales.shape != mins.shape or scales.shape[0] != n \
-            or kp % scales.shape[1]:
-        raise ValueError(f"u: expected uint8 [N, Kp] with fp16 [N, Kp / G] scales and mins, got {list(u.shape)} "
-                         f"{u.dtype}, {list(scales.shape)}, {list(mins.shape)}")
-    pad = -n % 16
-    u = torch.nn.functional.pad(u, (0, 0, 0, pad)).view(-1, 16, kp // 8, 2, 4)  # [p, c, k8, lo/hi, i]
-    packed = (u[:, :, :, 0] | (u[:, :, :, 1] << 4)).permute(0, 2, 1, 3).contiguous()
-    params = torch.stack([torch.nn.functional.pad(t, (0, 0, 0, pad)).view(-1, 16, t.shape[1]).transpose(1, 2)
-                          for t in (scales, mins)], dim=2).contiguous()
-    return packed, params
-
-
-def quantize_pack_int4(weight: torch.Tensor, group_size: int = 64,
-                       asymmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """A float weight [out, in] -> (packed, params) for int4_linear (the load-time step of dtype="int4")."""
-    return pack_int4_weight(*quantize_int4(weight, group_size, asymmetric))
-
-
-def unpack_int4(packed: torch.Tensor, params: torch.Tensor, out_features: int) -> torch.Tensor:
-    """The fp32 weight [out_features, Kp] that int4_linear multiplies: scale * u + min per group."""
-    num_panels, k8, groups = packed.shape[0], packed.shape[1], params.shape[1]
-    nibbles = torch.stack([packed & 15, packed >> 4], dim=2)  # [p, k8, lo/hi, 16, 4]
-    u = nibbles.permute(0, 3, 1, 2, 4).reshape(num_panels * 16, k8 * 8)[:out_features].float()
-    scales, mins = (params[:, :, j].transpose(1, 2).reshape(-1, groups)[:out_features].float() for j in (0, 1))
-    group = k8 * 8 // groups
-    return u * scales.repeat_interleave(group, dim=1) + mins.repeat_interleave(group, dim=1)
-
-
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor, out_features: int,
                 bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                 act_start: int | None = None, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None,
                 eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """An int4 linear layer of dtype="int4": x (through the layer norm gamma, beta when gamma is given)
     quantised per row to signed int8 a with scales x_scales (quantize_rows' arithmetic), times the
-    group-wise 4-bit weight of quantize_pack_int4 (packed, params; see unpack_int4):
+    group-wise 4-bit weight of quantize_pack_int4 (packed, params; kernels/int4_pack.py, unpack_int4):
         out[m, n] = act(x_scales[m] sum_k a[m, k] (scale[n, g(k)] u[n, k] + min[n, g(k)]) + bias[n]) + residual[m, n]
     act = gelu (tanh) on columns n >= act_start (None: none). Shapes and dtypes as int8_linear."""
     xq, x_scales = quantize_rows(x, gamma, beta, eps)

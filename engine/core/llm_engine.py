@@ -69,7 +69,7 @@ class LLMEngine:
             "Loaded %s (%s) in %.2f s on %s: dtype %s, KV cache %s, %d blocks of %d tokens "
             "(%.2f GiB), max context %d tokens, threads %d, attention backend %s",
             args.model or DEFAULT_MODEL, self.config.architecture, load_seconds, self.device,
-            chosen(str(self.dtype).removeprefix("torch."), args.dtype),
+            chosen(self.runner.quant or str(self.dtype).removeprefix("torch."), args.dtype),
             chosen(str(self.runner.kv_dtype).removeprefix("torch."), args.kv_cache_dtype),
             self.runner.num_kv_blocks, args.block_size, kv_bytes / 2 ** 30,
             self.config.max_position_embeddings, torch.get_num_threads(),

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.bf16 import Bf16Linear
+from engine.layers.int4 import Int4Linear
 from engine.layers.quant import Int8Linear
 
 
@@ -44,7 +45,7 @@ HAS_LINEAR_POINTWISE = (torch.backends.mkldnn.is_available()
 
 # Activations the epilogue of the packed CPU linears computes (Int8Linear, Bf16Linear): GPT-2's tanh gelu.
 FUSED_ACTS = {"gelu_new", "gelu_fast"}
-PACKED_LINEARS = (Int8Linear, Bf16Linear)
+PACKED_LINEARS = (Int8Linear, Bf16Linear, Int4Linear)
 
 
 def project(linear: nn.Module, x: torch.Tensor, norm: nn.Module | None = None, act: str | None = None,

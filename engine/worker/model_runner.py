@@ -14,6 +14,7 @@ from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerO
 from engine.core.sequence import Request, Sequence
 from engine.layers.attention import AttentionMetadata
 from engine.layers.bf16 import pack_linears
+from engine.layers.int4 import quantize_linears_int4
 from engine.layers.quant import quantize_linears
 from engine.worker.kv_cache import KVCache
 from engine.worker.sampler import SampleResult, sample, token_logprobs
@@ -26,8 +27,12 @@ PROMPT_LOGPROB_ROWS = 256
 
 
 # "int8": int8 linear weights and per-token int8 GEMM inputs, bfloat16 elsewhere (engine/layers/quant.py).
+# "int4": group-wise 4-bit linear weights, the same int8 GEMM inputs, an int8 lm_head (engine/layers/int4.py);
+# torch has no 4-bit dtype, so torch.quint4x2 stands for the mode.
+INT4 = torch.quint4x2
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "int8": torch.int8}
+          "int8": torch.int8, "int4": INT4}
+QUANT_MODES = {torch.int8: "int8", INT4: "int4"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,6 +68,8 @@ def resolve_dtype(dtype: str, device: torch.device, config=None) -> torch.dtype:
         return torch.bfloat16
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype == "int4" and device.type != "cpu":
+        raise ValueError(f"dtype 'int4' runs the CPU int4 GEMM; device is {device} (use int8 or bfloat16)")
     if dtype == "float16" and device.type == "cpu":
         raise ValueError("dtype 'float16' is for CUDA; on the CPU use 'bfloat16' or 'float32'")
     return DTYPES[dtype]
@@ -117,7 +124,7 @@ class ModelRunner:
         """vocab: the engine's Vocabulary (engine/vocab.py): the embedding row of each id in code
         modality and the ids never sampled."""
         # dtype int8: int8 linear weights and GEMM inputs (engine/layers/quant.py), the rest bfloat16.
-        self.quant = "int8" if dtype == torch.int8 else None
+        self.quant = QUANT_MODES.get(dtype)
         dtype = torch.bfloat16 if self.quant else dtype
         self.config, self.device, self.dtype, self.block_size = config, device, dtype, cache.block_size
         self.ops = select_ops(attention_backend, device)
@@ -126,7 +133,8 @@ class ModelRunner:
         # The packed linears run the backend's own int8_linear / bf16_linear (the reference ones
         # for "torch"); Triton has none (on the GPU the GEMMs stay on torch), so the C++ ones.
         linear_ops = self.ops if hasattr(self.ops, "int8_linear") else None
-        prepare = partial(quantize_linears, ops=linear_ops) if self.quant else None
+        prepare = {"int8": partial(quantize_linears, ops=linear_ops),
+                   "int4": partial(quantize_linears_int4, ops=linear_ops)}.get(self.quant)
         if not self.quant and dtype == torch.bfloat16 and device.type == "cpu":
             prepare = partial(pack_linears, ops=linear_ops)
         self.model = load_model(config, model_dir, self.ops, dtype, device, prepare_block=prepare)
