@@ -22,11 +22,14 @@ from engine.config import ModelConfig
 @dataclass(frozen=True)
 class Storage:
     """How a system stores what a decode step reads, in bytes per element."""
-    weight: int           # a linear weight element: int8 1, bf16 / fp16 2, fp32 4
+    weight: float         # a linear weight element: int8 1, bf16 / fp16 2, fp32 4, int4 1/2 + its
+                          # group's scale and min (fp16 each) / group size
     per_channel: int      # extra per output channel of a linear (int8: scale, column sum, zero point)
     act: int              # embeddings, norms and biases: the activation dtype
     kv: int               # one K or V element in the cache
     kv_per_row: int = 0   # extra per cached (token, head) row of K or V (int8 cache: its scale(s))
+    head_weight: float | None = None   # the lm_head's weight and per-channel extra where they differ
+    head_per_channel: int | None = None  # (dtype int4 keeps an int8 lm_head)
 
 
 def _is_neo(config: ModelConfig) -> bool:
@@ -44,8 +47,11 @@ def linear_shapes(config: ModelConfig) -> list[tuple[int, int, bool]]:
 
 def weight_bytes(config: ModelConfig, storage: Storage) -> int:
     """Bytes of the weights one decode step streams: linears with their extras and biases, norms."""
-    total = sum(out * inp * storage.weight + out * storage.per_channel + (out * storage.act if bias else 0)
-                for out, inp, bias in linear_shapes(config))
+    shapes = linear_shapes(config)
+    head = Storage(storage.weight if storage.head_weight is None else storage.head_weight,
+                   storage.per_channel if storage.head_per_channel is None else storage.head_per_channel, 0, 0)
+    total = sum(int(out * inp * s.weight) + out * s.per_channel + (out * storage.act if bias else 0)
+                for (out, inp, bias), s in zip(shapes, [storage] * (len(shapes) - 1) + [head]))
     # Norms: ln_1 (+ ln_2 in GPT-Neo) per layer and ln_f, each a weight and a bias of hidden_size.
     num_norms = config.num_layers * (2 if _is_neo(config) else 1) + 1
     return total + num_norms * 2 * config.hidden_size * storage.act

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from engine.layers.int4 import GROUP_SIZE as INT4_GROUP_SIZE
 from engine.tools import BENCH_EXTRA, bench_load
 from engine.tools.bench_bytes import Storage
 
@@ -83,9 +84,13 @@ def run_codeinfer(spec: dict, prompts: PromptSets) -> dict:
     int8_kv = runner.kv_dtype == torch.int8
     act = runner.dtype.itemsize
     # int8 linears: 1 byte a weight + an fp32 scale and an int32 column sum per output channel;
-    # an int8 KV row carries one fp32 scale.
-    storage = Storage(weight=1 if runner.quant else act, per_channel=8 if runner.quant else 0, act=act,
-                      kv=runner.kv_dtype.itemsize, kv_per_row=4 if int8_kv else 0)
+    # int4: half a byte + an fp16 scale and min per group, an int8 lm_head; an int8 KV row carries one
+    # fp32 scale.
+    weight = {"int8": 1, "int4": 0.5 + 4 / INT4_GROUP_SIZE}.get(runner.quant, act)
+    storage = Storage(weight=weight, per_channel=8 if runner.quant == "int8" else 0, act=act,
+                      kv=runner.kv_dtype.itemsize, kv_per_row=4 if int8_kv else 0,
+                      head_weight=1 if runner.quant == "int4" else None,
+                      head_per_channel=8 if runner.quant == "int4" else None)
     result["storage"] = dataclasses.asdict(storage)
     result["dtype"] = str(runner.quant or runner.dtype).replace("torch.", "") + (" + int8 KV" if int8_kv else "")
     return result

@@ -32,6 +32,13 @@ def test_codegen_weight_bytes():
     assert weight_bytes(codegen(), INT8) == 848 + 82 * 8 + 50 * 2 + 32 * 2 == 1668
 
 
+def test_int4_weight_bytes_keep_an_int8_head():
+    # int4 groups of 64: 0.5 + 4 / 64 bytes a block weight (768 elements), the lm_head (80) int8 with
+    # its 10 channels' 8 bytes; biases and norms bf16 as above.
+    int4 = Storage(weight=0.5 + 4 / 64, per_channel=0, act=2, kv=2, head_weight=1, head_per_channel=8)
+    assert weight_bytes(codegen(), int4) == 768 * 0.5625 + 80 + 10 * 8 + 50 * 2 + 32 * 2 == 756
+
+
 def test_gpt_neo_weight_bytes():
     # Per layer: q,k,v 24x8 + out 8x8 + c_fc 32x8 + c_proj 8x32 = 768 elements, 72 channels,
     # biases out 8 + c_fc 32 + c_proj 8 = 48; two layers, then the tied lm_head 10x8 (10 channels,
