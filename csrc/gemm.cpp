@@ -38,6 +38,7 @@
 
 #include "common.h"
 #include "ops.h"
+#include "packed_linear.h"
 #include "simd.h"
 
 namespace codeinfer {
@@ -48,10 +49,7 @@ constexpr int kPanels = 3;
 constexpr int64_t kRowBlock = 256;
 constexpr int64_t kParallelMacs = int64_t{1} << 16;  // below this one thread does it all
 
-// The GEMM's items are handed out dynamically in chunks of about an eighth of a thread's share: on
-// a shared CPU the items of a descheduled thread go to the threads still running instead of waiting
-// for it at the region's end, and a chunk is still a long run of consecutive panels.
-inline int64_t item_chunk(int64_t items) { return std::max<int64_t>(1, items / (8 * omp_get_num_threads())); }
+using packed_linear::item_chunk;
 
 template <typename TOut, bool kInt8Kind>
 struct Gemm {
@@ -71,15 +69,8 @@ struct Gemm {
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BF16__)
 constexpr bool kSignedRows = false;
-inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
-inline __m512 load16(const bf16* p, __mmask16 mask) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-inline void store16(float* p, __m512 v, __mmask16 mask) { _mm512_mask_storeu_ps(p, mask, v); }
-inline void store16(bf16* p, __m512 v, __mmask16 mask) {  // round to nearest even, as torch
-  _mm256_mask_storeu_epi16(p, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-}
+using packed_linear::load16;
+using packed_linear::store16;
 
 // Rows [m0, m0 + MT) x panels [p0, p0 + NT). prefetch: the next group's first panel (or null).
 template <typename G, int MT, int NT>
@@ -196,14 +187,7 @@ void gemm_items(const G& g) {
   }
 }
 #else
-// Bias, gelu, residual and the store of one output element: the epilogue of the paths below.
-template <typename G>
-inline void finish(const G& g, int64_t m, int64_t n, float v) {
-  if (g.bias) v += to_float(g.bias[n]);
-  if (n >= g.act_start) v = gelu_tanh(v);
-  if (g.residual) v += to_float(g.residual[m * g.res_stride + n]);
-  g.out[m * g.out_stride + n] = from_float<typename G::T>(v);
-}
+using packed_linear::finish;  // bias, gelu, residual and the store of one output element
 
 template <typename G>
 inline float dequantize(const G& g, int64_t m, int64_t n, int32_t acc) {

@@ -14,7 +14,7 @@
 //   Rows: a[m, k] = round(v[m, k] / x_scales[m]) (quantize_row<true>: signed, scale max|v| / 127),
 //     asum[m, g] = sum_{k in g} a[m, k] (what the mins multiply).
 //   v[m, n] = x_scales[m] sum_g (scale[n, g] sum_{k in g} a[m, k] u[n, k] + min[n, g] asum[m, g]),
-//   out[m, n] = act(v + bias[n]) + residual[m, n] as int8_linear's epilogue (csrc/linear_epilogue.h).
+//   out[m, n] = act(v + bias[n]) + residual[m, n] as int8_linear's epilogue (csrc/packed_linear.h).
 //
 // Unsigned weights times signed activations is the operand order of vpmaddubsw (AVX2) and vpdpbusd
 // (VNNI), so neither needs int8's sign trick or zero-point column sums. The AVX2 path sums 32 k in
@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "common.h"
-#include "linear_epilogue.h"
+#include "packed_linear.h"
 #include "ops.h"
 
 namespace codeinfer {
@@ -96,7 +96,7 @@ void tile(const G& g, int64_t m0, int64_t p0) {
   }
   for (int t = 0; t < NT; ++t)
     for (int m = 0; m < MT; ++m)
-      epilogue::finish16(g, m0 + m, (p0 + t) * 16, _mm512_mul_ps(acc[m][t], _mm512_set1_ps(g.x_scales[m0 + m])));
+      packed_linear::finish16(g, m0 + m, (p0 + t) * 16, _mm512_mul_ps(acc[m][t], _mm512_set1_ps(g.x_scales[m0 + m])));
 }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 // A panel's 16 columns as two halves of 8: one 32-byte load holds 8 columns x 8 k; vpmaddubsw of its
@@ -149,7 +149,7 @@ void tile(const G& g, int64_t m0, int64_t p) {
     alignas(32) float v[16];
     const __m256 x_scale = _mm256_set1_ps(g.x_scales[m0 + m]);
     for (int h = 0; h < 2; ++h) _mm256_store_ps(v + 8 * h, _mm256_mul_ps(acc[m][h], x_scale));
-    for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) epilogue::finish(g, m0 + m, p * 16 + c, v[c]);
+    for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) packed_linear::finish(g, m0 + m, p * 16 + c, v[c]);
   }
 }
 #else
@@ -179,7 +179,7 @@ void tile(const G& g, int64_t m, int64_t p) {
       const uint16_t* params = g.params + (p * g.groups + grp) * 32;
       v += half_to_float(params[c]) * static_cast<float>(sum) + half_to_float(params[16 + c]) * g.asum[m * g.groups + grp];
     }
-    epilogue::finish(g, m, p * 16 + c, v * g.x_scales[m]);
+    packed_linear::finish(g, m, p * 16 + c, v * g.x_scales[m]);
   }
 }
 #endif
@@ -192,12 +192,14 @@ void item_rows(const G& g, int64_t m_begin, int64_t m_end, int64_t p0) {
 }
 
 // Items (block of <= kItemRows rows, group of <= kTilePanels panels), panels inner: the panels'
-// weights stay in L1/L2 while the block's rows pass, and the block's rows in L2 across panels.
+// weights stay in L1/L2 while the block's rows pass, and the block's rows in L2 across panels; handed
+// out in chunks as int8's (packed_linear::item_chunk).
 template <typename G>
 void gemm_items(const G& g) {
   const int64_t groups = (g.P + kTilePanels - 1) / kTilePanels, blocks = (g.M + kItemRows - 1) / kItemRows;
-#pragma omp for schedule(static)
-  for (int64_t item = 0; item < blocks * groups; ++item) {
+  const int64_t items = blocks * groups, chunk = packed_linear::item_chunk(items);
+#pragma omp for schedule(dynamic, chunk)
+  for (int64_t item = 0; item < items; ++item) {
     const int64_t m_begin = item / groups * kItemRows, p0 = item % groups * kTilePanels;
     const int64_t m_end = std::min(g.M, m_begin + kItemRows);
     if (g.P - p0 >= 2) item_rows<G, kTilePanels>(g, m_begin, m_end, p0);

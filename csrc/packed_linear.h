@@ -1,7 +1,10 @@
-// The epilogue the packed CPU linears share (csrc/gemm.cpp, csrc/gemm_int4.cpp): bias, tanh gelu on
-// the columns from act_start, residual, one store in the output dtype. G is a GEMM's operand struct
-// with T (the output type), bias, residual, out, res_stride, out_stride and act_start.
+// What the packed CPU linears share (csrc/gemm.cpp, csrc/gemm_int4.cpp): how their items go to the
+// threads, and the epilogue (bias, tanh gelu on the columns from act_start, residual, one store in the
+// output dtype). G is a GEMM's operand struct with T (the output type), bias, residual, out,
+// res_stride, out_stride, act_start and N.
 #pragma once
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdint>
 
@@ -9,7 +12,12 @@
 #include "simd.h"
 
 namespace codeinfer {
-namespace epilogue {
+namespace packed_linear {
+
+// The GEMM's items are handed out dynamically in chunks of about an eighth of a thread's share: on
+// a shared CPU the items of a descheduled thread go to the threads still running instead of waiting
+// for it at the region's end, and a chunk is still a long run of consecutive panels.
+inline int64_t item_chunk(int64_t items) { return std::max<int64_t>(1, items / (8 * omp_get_num_threads())); }
 
 // One output element from its fp32 value v (before bias).
 template <typename G>
@@ -45,5 +53,5 @@ inline void finish16(const G& g, int64_t m, int64_t n0, __m512 v) {
 }
 #endif
 
-}  // namespace epilogue
+}  // namespace packed_linear
 }  // namespace codeinfer
