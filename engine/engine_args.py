@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
+
+from engine.speculative import SpeculativeConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,6 +34,17 @@ def parse_bytes(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return int(value)
+
+
+def _json_object(text: str) -> dict:
+    """A CLI JSON object (--speculative-config)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _option(default, help: str, *, choices: tuple | None = None, flag: str | None = None,
@@ -114,6 +128,12 @@ class EngineArgs:
                 isinstance(n, str) and n.strip() for n in names)):
             raise ValueError(f"served_model_name must be a non-empty name or list of names, "
                              f"got {self.served_model_name!r}")
+
+        self.speculative()  # checks it
+
+    def speculative(self) -> SpeculativeConfig | None:
+        """speculative_config checked (ValueError naming the key), None when off."""
+        return SpeculativeConfig.from_option(self.speculative_config)
 
     def served_model_names(self) -> list[str]:
         """The names the server answers to, as vLLM picks them: served_model_name (every alias),
