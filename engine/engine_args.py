@@ -110,6 +110,12 @@ class EngineArgs:
         None, "the names the server answers to: /v1/models lists them all and a request's "
               "`model` must be one of them (default: --model as given, or the bundled model's "
               "name)", metavar="NAME", parse=str, nargs="+")
+    speculative_config: dict | None = _option(
+        None, "speculative decoding, vLLM's dict as JSON: {\"method\": \"ngram\", "
+              "\"num_speculative_tokens\": K, \"prompt_lookup_max\": N, \"prompt_lookup_min\": M} "
+              "drafts up to K tokens per step from the request's own text (lossless: the output is "
+              "that of plain decoding); optional \"disable_by_batch_size\" (default 8) and "
+              "\"adaptive\" (default true)", metavar="JSON", parse=_json_object)
 
     def __post_init__(self):
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
