@@ -36,7 +36,7 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def _json_object(text: str) -> dict:
+def json_object(text: str) -> dict:
     """A CLI JSON object (--speculative-config)."""
     try:
         value = json.loads(text)
@@ -115,7 +115,7 @@ class EngineArgs:
               "\"num_speculative_tokens\": K, \"prompt_lookup_max\": N, \"prompt_lookup_min\": M} "
               "drafts up to K tokens per step from the request's own text (lossless: the output is "
               "that of plain decoding); optional \"disable_by_batch_size\" (default 8) and "
-              "\"adaptive\" (default true)", metavar="JSON", parse=_json_object)
+              "\"adaptive\" (default true)", metavar="JSON", parse=json_object)
 
     def __post_init__(self):
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
