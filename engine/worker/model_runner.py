@@ -201,10 +201,10 @@ class ModelRunner:
                                     seq.token_ids[wanted.start + 1:wanted.stop + 1]))
             if item.sample:
                 # Verifying k drafts takes the chunk's last k + 1 rows (the drafts are its last inputs).
-                verify = range(last_row - len(item.draft_token_ids), last_row + 1)
-                kept += [r for r in verify if not kept or r > kept[-1]]
+                rows_of_seq = range(last_row - len(item.draft_token_ids), last_row + 1)
+                kept += [r for r in rows_of_seq if not kept or r > kept[-1]]
                 for s in [seq, *item.forks]:  # forks share their parent's row
-                    rows.sample += verify
+                    rows.sample += rows_of_seq
                     rows.sample_seqs.append(s)
                     rows.drafts.append(item.draft_token_ids)
             # The last layer's attention takes a sequence's kept rows as the last queries of its chunk.
