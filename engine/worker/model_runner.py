@@ -16,7 +16,7 @@ from engine.layers.attention import AttentionMetadata
 from engine.layers.bf16 import pack_linears
 from engine.layers.quant import quantize_linears
 from engine.worker.kv_cache import KVCache
-from engine.worker.sampler import SampleResult, token_logprobs, verify
+from engine.worker.sampler import SampleResult, sample, token_logprobs, verify
 from engine.worker.weights import load_model, release_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -260,10 +260,11 @@ class ModelRunner:
         prompt_logprobs = {request.request_id: self._prompt_logprobs(hidden[kept], targets,
                                                                      request.params.prompt_logprobs)
                            for request, kept, targets in rows.prompt}
-        sampled, seqs = SampleResult([], [], []), []
-        if rows.sample:
-            sampled, seqs = verify(self.logits(hidden[rows.sample]).cpu(), rows.sample_seqs, rows.drafts,
-                                   self.row_stats)
+        sampled, seqs = SampleResult([], [], []), rows.sample_seqs
+        if any(rows.drafts):  # speculative decoding: several tokens for a sequence
+            sampled, seqs = verify(self.logits(hidden[rows.sample]).cpu(), seqs, rows.drafts, self.row_stats)
+        elif rows.sample:
+            sampled = sample(self.logits(hidden[rows.sample]).cpu(), seqs, self.row_stats)
         return ModelRunnerOutput(seqs, sampled, {}, prompt_logprobs)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, token_ids: list[int],
