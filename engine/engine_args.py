@@ -114,7 +114,7 @@ class EngineArgs:
         None, "speculative decoding, vLLM's dict as JSON: {\"method\": \"ngram\", "
               "\"num_speculative_tokens\": K, \"prompt_lookup_max\": N, \"prompt_lookup_min\": M} "
               "drafts up to K tokens per step from the request's own text (lossless: the output is "
-              "that of plain decoding); optional \"disable_by_batch_size\" (default 8) and "
+              "that of plain decoding); optional \"disable_by_batch_size\" (default 4) and "
               "\"adaptive\" (default true)", metavar="JSON", parse=json_object)
 
     def __post_init__(self):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 METHODS = ("ngram",)
 # Where extra verification rows stop paying on the 2-core CPU (README, "Speculative decoding").
-DEFAULT_DISABLE_BY_BATCH_SIZE = 8
+DEFAULT_DISABLE_BY_BATCH_SIZE = 4
 DEFAULT_PROMPT_LOOKUP_MAX = 4
 DEFAULT_PROMPT_LOOKUP_MIN = 2
 MAX_SPECULATIVE_TOKENS = 32
