@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
+
+from engine.speculative import SpeculativeConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,6 +34,17 @@ def parse_bytes(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return int(value)
+
+
+def json_object(text: str) -> dict:
+    """A CLI JSON object (--speculative-config)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _option(default, help: str, *, choices: tuple | None = None, flag: str | None = None,
@@ -97,6 +111,12 @@ class EngineArgs:
         None, "the names the server answers to: /v1/models lists them all and a request's "
               "`model` must be one of them (default: --model as given, or the bundled model's "
               "name)", metavar="NAME", parse=str, nargs="+")
+    speculative_config: dict | None = _option(
+        None, "speculative decoding, vLLM's dict as JSON: {\"method\": \"ngram\", "
+              "\"num_speculative_tokens\": K, \"prompt_lookup_max\": N, \"prompt_lookup_min\": M} "
+              "drafts up to K tokens per step from the request's own text (lossless: the output is "
+              "that of plain decoding); optional \"disable_by_batch_size\" (default 4) and "
+              "\"adaptive\" (default true)", metavar="JSON", parse=json_object)
 
     def __post_init__(self):
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
@@ -115,6 +135,12 @@ class EngineArgs:
                 isinstance(n, str) and n.strip() for n in names)):
             raise ValueError(f"served_model_name must be a non-empty name or list of names, "
                              f"got {self.served_model_name!r}")
+
+        self.speculative()  # checks it
+
+    def speculative(self) -> SpeculativeConfig | None:
+        """speculative_config checked (ValueError naming the key), None when off."""
+        return SpeculativeConfig.from_option(self.speculative_config)
 
     def served_model_names(self) -> list[str]:
         """The names the server answers to, as vLLM picks them: served_model_name (every alias),

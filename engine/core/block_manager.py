@@ -119,7 +119,10 @@ class BlockManager:
         """Give every fully computed block of seq its hash so later requests can reuse it."""
         if not self.enable_prefix_caching:
             return
-        num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        # A sequence that stopped inside a step's accepted drafts has computed KV for tokens it
+        # never appended: a hash covers appended tokens only.
+        computed = min(seq.num_computed_tokens, seq.num_tokens)
+        num_full = min(computed // self.block_size, len(seq.block_table))
         if num_full <= seq.num_registered_blocks:
             return
         seq.block_hashes = self._full_block_hashes(seq, num_full)
@@ -136,6 +139,16 @@ class BlockManager:
         child.num_registered_blocks = parent.num_registered_blocks
         for block in child.block_table:
             self._ref(block)
+
+    def truncate(self, seq: Sequence) -> None:
+        """Give back the blocks past seq's computed tokens: those only rejected draft tokens
+        wrote (speculative decoding). They were taken fresh this step, so they hold no hash."""
+        keep = self.blocks_needed(seq.num_computed_tokens)
+        for block in reversed(seq.block_table[keep:]):
+            self.ref_counts[block] -= 1
+            assert self.ref_counts[block] == 0 and self.hashes[block] is None
+            self.free[block] = None
+        del seq.block_table[keep:]
 
     def free_seq(self, seq: Sequence) -> None:
         # Tail blocks first, so they are evicted before the prefix blocks other requests share.

@@ -22,9 +22,11 @@ from engine.core.sampling_params import SamplingParams
 from engine.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Request
+from engine.core.spec_decode import SpecDecoder
 from engine.engine_args import DEFAULT_MODEL, EngineArgs
 from engine.vocab import Vocabulary
 from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
+from engine.worker.ngram_proposer import NgramProposer
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +54,21 @@ class LLMEngine:
         self.block_manager = BlockManager(self.runner.num_kv_blocks, args.block_size,
                                           args.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
-                                   self.vocab.generated_modality)
+                                   self.vocab.generated_modality, self._spec_decoder(args))
         self.input_processor = front.input_processor
         self.output_processor = OutputProcessor(tokenizer.eos_token_id, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._log_summary(args, time.perf_counter() - start)
+
+    def _spec_decoder(self, args: EngineArgs) -> SpecDecoder | None:
+        """Speculative decoding as speculative_config asks (prompt lookup), None when off."""
+        config = args.speculative()
+        if config is None:
+            return None
+        # A code-modality prompt token is drafted as the id the model emits for it (CodeCLM).
+        remap = self.vocab.remap.tolist() if self.codeclm is not None else None
+        proposer = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max, remap)
+        return SpecDecoder(config, proposer, self.max_model_len)
 
     def _log_summary(self, args: EngineArgs, load_seconds: float) -> None:
         """One INFO line of what was built, with the choices "auto" made resolved."""

@@ -13,6 +13,9 @@ class ScheduledSeq:
     num_new_tokens: int       # tokens computed this step: seq.token_ids[c : c + num_new_tokens]
     sample: bool              # this chunk reaches the end of the known tokens: sample the next one
     forks: list[Sequence] = field(default_factory=list)  # samples forked from seq this step
+    # Speculative decoding: tokens proposed after seq's known ones, verified this step. They are
+    # the last len(draft_token_ids) of the num_new_tokens inputs; the rejected ones are rolled back.
+    draft_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -27,7 +30,8 @@ class SchedulerOutput:
 
 @dataclass
 class ModelRunnerOutput:
-    """What one step produced: the sequences that sampled, their samples in the same order, the
+    """What one step produced: the sequences that sampled, their samples in the same order (a
+    sequence that verified drafts appears once per token it emitted, in order), the
     requests that made the step fail (request id -> error; they get no samples), and the prompt
     logprobs the step's prefill chunks computed (request id -> entries, continuing its
     Request.prompt_logprobs)."""

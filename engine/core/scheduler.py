@@ -2,19 +2,22 @@
 prefills, first come first served, preemption by recompute when KV blocks run out."""
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from typing import Callable
 
 from engine.core.block_manager import BlockManager
 from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
 from engine.core.sequence import Request, Sequence, SequenceStatus
+from engine.core.spec_decode import SpecDecoder, empty_stats
 
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 generated_modality: int = 0):
-        """generated_modality: the modality of sampled tokens (1 = code, CodeCLM's vocabulary)."""
+                 generated_modality: int = 0, spec: SpecDecoder | None = None):
+        """generated_modality: the modality of sampled tokens (1 = code, CodeCLM's vocabulary).
+        spec: speculative decoding (decoding sequences verify draft tokens), None for none."""
         self.bm = block_manager
+        self.spec = spec
         self.generated_modality = generated_modality
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -52,9 +55,12 @@ class Scheduler:
         # 1) Running sequences, oldest first; the newest are preempted when blocks run out.
         kept: list[Sequence] = []
         queue = list(self.running)
+        batch_size = len(queue)
         while queue and budget > 0:
             seq = queue.pop(0)
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            drafts = self._drafts(seq, num_new, budget, batch_size)
+            num_new += len(drafts)
             while self.bm.slots_needed(seq, num_new) > self.bm.num_free_blocks and queue:
                 self._preempt(queue.pop())
                 preempted += 1
@@ -63,7 +69,8 @@ class Scheduler:
                 preempted += 1
                 continue
             copies += self.bm.append_slots(seq, num_new)
-            scheduled.append(ScheduledSeq(seq, num_new, seq.num_computed_tokens + num_new == seq.num_tokens))
+            scheduled.append(ScheduledSeq(seq, num_new, seq.num_computed_tokens + num_new
+                                          == seq.num_tokens + len(drafts), draft_token_ids=drafts))
             kept.append(seq)
             budget -= num_new
         kept += queue  # not scheduled this step (budget spent) but still running
@@ -98,27 +105,38 @@ class Scheduler:
                 self.running.append(child)
         return SchedulerOutput(scheduled, copies)
 
+    def _drafts(self, seq: Sequence, num_new: int, budget: int, batch_size: int) -> list[int]:
+        """Draft tokens for a sequence decoding its one new token; never a reason to preempt:
+        none when their blocks are not free."""
+        if self.spec is None or num_new != 1 or seq.num_computed_tokens + 1 != seq.num_tokens:
+            return []
+        drafts = self.spec.drafts(seq, budget, batch_size)
+        if drafts and self.bm.slots_needed(seq, 1 + len(drafts)) > self.bm.num_free_blocks:
+            return []
+        return drafts
+
     def update_from_output(self, sched: SchedulerOutput, output: ModelRunnerOutput,
                            check_stop: Callable[[Sequence, int], str | None]) -> list[Request]:
         """Settle one step: advance each scheduled sequence's computed tokens (forked samples
-        follow their parent), register its newly full blocks for prefix reuse, append each sampled
-        token, and finish the sequences that check_stop(seq, token) ("stop" | "length" | None)
-        ends. A request in output.failed does not advance; one whose check_stop raises is added
+        follow their parent; of its drafts the accepted ones, the rejected rolled back), append
+        each sampled token, register its newly full blocks for prefix reuse, and finish the
+        sequences that check_stop(seq, token) ("stop" | "length" | None) ends. A request in output.failed does not advance; one whose check_stop raises is added
         to it. Returns the requests that advanced, in schedule order."""
         failed = output.failed
+        emitted = Counter(seq.seq_id for seq in output.seqs)
         advanced: dict[str, Request] = {}
         for item in sched.scheduled:
             if item.seq.request.request_id in failed:
                 continue  # the engine aborts it: its state must not advance
-            item.seq.num_computed_tokens += item.num_new_tokens
-            for child in item.forks:
-                child.num_computed_tokens = item.seq.num_computed_tokens
-            self.bm.register_full_blocks(item.seq)
+            self._advance(item, emitted[item.seq.seq_id])
             advanced[item.seq.request.request_id] = item.seq.request
+        stopped: list[Sequence] = []
         sampled = output.sampled
         for row, seq in enumerate(output.seqs):
             request_id = seq.request.request_id
-            if request_id in failed:  # another sample of the request failed before this one
+            # Another sample of the request failed before this one, or the sequence stopped at
+            # an earlier token of its accepted drafts.
+            if request_id in failed or seq.finish_reason is not None:
                 continue
             token = sampled.token_ids[row]
             seq.append_token(token, self.generated_modality, sampled.logprobs[row],
@@ -130,8 +148,29 @@ class Scheduler:
                 continue
             if reason is not None:
                 seq.finish_reason = reason
-                self.finish(seq)
+                stopped.append(seq)
+        # After the tokens are appended: accepted drafts are computed before they are appended.
+        for item in sched.scheduled:
+            if item.seq.request.request_id in advanced:
+                self.bm.register_full_blocks(item.seq)
+        for seq in stopped:
+            self.finish(seq)
         return list(advanced.values())
+
+    def _advance(self, item: ScheduledSeq, num_emitted: int) -> None:
+        """Count a scheduled chunk as computed (forked samples follow their parent); of its drafts
+        only the accepted ones (a sequence emits them and one token more), the blocks only the
+        rejected ones took given back."""
+        seq, rejected = item.seq, 0
+        if item.draft_token_ids:
+            accepted = num_emitted - 1
+            rejected = len(item.draft_token_ids) - accepted
+            self.spec.settle(seq, len(item.draft_token_ids), accepted)
+        seq.num_computed_tokens += item.num_new_tokens - rejected
+        for child in item.forks:
+            child.num_computed_tokens = seq.num_computed_tokens
+        if rejected:
+            self.bm.truncate(seq)
 
     def finish(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.FINISHED
@@ -158,4 +197,5 @@ class Scheduler:
             "prefix_cache_queries": bm.prefix_queries,
             "prefix_cache_hits": bm.prefix_hits,
             "num_preemptions": self.num_preemptions,
+            **(self.spec.get_stats() if self.spec else empty_stats()),
         }

@@ -33,6 +33,7 @@ class Sequence:
         self.cumulative_logprob = 0.0
         self.generator = None    # torch.Generator, set by the engine
         self.detokenizer = None  # IncrementalDetokenizer, set by the engine
+        self.spec_state = None   # engine.core.spec_decode.SpecState, with speculative decoding
 
     def append_token(self, token: int, modality: int, logprob: float,
                      top_logprobs: dict[int, float] | None) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from engine.tools import BENCH_EXTRA, bench_load, bench_report
 from engine.tools.bench_bytes import Storage, decode_bytes, measure_bandwidth
+from engine.tools.bench_workloads import workload_prompts
 
 PEERS = ("transformers", "ctranslate2", "openvino")
 
@@ -44,12 +45,6 @@ class System:
     spec: dict
     label: str
     failed: str | None = None
-
-
-def random_prompts(num: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    """num prompts of length random ids in [1, vocab) from a fixed seed."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(1, vocab, (num, length), generator=gen).tolist()
 
 
 # ------------------------------------------------------------------------- one configuration
@@ -81,9 +76,12 @@ def summarize_run(spec: dict, result: dict, config) -> dict:
 def worker(spec: dict) -> dict:
     """Run one (system, concurrency, load) configuration; returns its figures and peak RSS."""
     from engine.config import load_config
+    from engine.tokenizer import Tokenizer
 
     n, plen, seed = spec["concurrency"], spec["prompt_len"], spec["seed"]
-    prompts = {name: random_prompts(n, plen, spec["vocab"], seed + i)
+    workload = spec.get("workload", "random")
+    tok = None if workload == "random" else Tokenizer(Path(spec["model"]), None)
+    prompts = {name: workload_prompts(workload, n, plen, spec["vocab"], seed + i, tok)
                for i, name in enumerate(("full", "prefill", "warm"))}
     torch.set_num_threads(spec["threads"])
     result = _runner(spec["system"])(spec, prompts)
@@ -216,8 +214,12 @@ def run_rounds(systems: list[System], concurrency: list[int], repeat: int, loads
 
 def _systems(model: str, engine_kwargs: dict, dtypes: list[str] | None, compare: list[str], base: dict,
              options: dict, log) -> list[System]:
-    systems = [System("codeinfer", dict(base, system="codeinfer", engine=dict(engine_kwargs, dtype=d)),
-                      f"codeinfer {d}") for d in dtypes or [engine_kwargs.get("dtype", "auto")]]
+    # With a speculative_config, each dtype runs without it too: the speed-up is paired per round.
+    specs = [None, engine_kwargs["speculative_config"]] if engine_kwargs.get("speculative_config") else [None]
+    systems = [System("codeinfer", dict(base, system="codeinfer",
+                                        engine=dict(engine_kwargs, dtype=d, speculative_config=sc)),
+                      f"codeinfer {d}" + (" + speculative" if sc else ""))
+               for d in dtypes or [engine_kwargs.get("dtype", "auto")] for sc in specs]
     for peer in compare:
         check_peer(peer, model, options)
     for peer in compare:
@@ -233,11 +235,12 @@ def _systems(model: str, engine_kwargs: dict, dtypes: list[str] | None, compare:
 def run_comparison(model: str, engine_kwargs: dict, concurrency: list[int], prompt_len: int,
                    max_tokens: int, compare: list[str], seed: int = 0, dtypes: list[str] | None = None,
                    repeat: int = 1, background_load: int = 0, options: dict | None = None,
-                   log=print) -> dict:
+                   log=print, workload: str = "random") -> dict:
     """Every system (codeinfer once per dtype) at every concurrency, idle and, with
     background_load > 0, next to that many busy processes, `repeat` rounds round robin; returns
     the rows, the paired speed-ups and the machine facts (engine/tools/bench_report.py formats them).
-    options: openvino_precision, openvino_export_python."""
+    options: openvino_precision, openvino_export_python. workload: engine/tools/bench_workloads.py;
+    with engine_kwargs["speculative_config"] codeinfer also runs without it, for the speed-up."""
     if not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     if not isinstance(background_load, int) or background_load < 0:
@@ -252,7 +255,7 @@ def run_comparison(model: str, engine_kwargs: dict, concurrency: list[int], prom
     tok = Tokenizer(Path(model), config.eos_token_id)
     threads = len(os.sched_getaffinity(0))
     base = dict(model=model, prompt_len=prompt_len, max_tokens=max_tokens, seed=seed, threads=threads,
-                vocab=min(len(tok), config.vocab_size), pad_id=tok.eos_token_id or 0)
+                vocab=min(len(tok), config.vocab_size), pad_id=tok.eos_token_id or 0, workload=workload)
     systems = _systems(model, engine_kwargs, dtypes, compare, base, options or {}, log)
     loads = [0, background_load] if background_load else [0]
     runs, rounds = run_rounds(systems, concurrency, repeat, loads, log=log)
@@ -261,6 +264,7 @@ def run_comparison(model: str, engine_kwargs: dict, concurrency: list[int], prom
     if all(r["failed"] for r in ours):  # a peer's failure is reported; without codeinfer nothing compares
         raise ValueError(f"codeinfer failed: {ours[0]['failed']}")
     return {"rows": rows, "speedups": bench_report.speedups(rows), "rounds": rounds, "threads": threads,
+            "workload": workload, "spec_speedups": bench_report.spec_speedups(rows),
             "model": model, "model_name": config.name, "prompt_len": prompt_len, "max_tokens": max_tokens,
             "repeat": repeat, "background_load": background_load}
 

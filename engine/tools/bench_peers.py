@@ -76,7 +76,10 @@ def run_codeinfer(spec: dict, prompts: PromptSets) -> dict:
         first_token_at.append(first)
         assert done == len(batch)
 
+    before = engine.get_stats()
     result = time_runs(run, prompts, spec["max_tokens"], spec["background_load"])
+    if spec["engine"].get("speculative_config"):
+        result["spec"] = spec_counters(before, engine.get_stats())
     # first_token_at: [warm-up, prefill-only run, timed run].
     result["ttft_s"] = first_token_at[2] - result["full_start"]
     result["ttft_method"] = "streamed"
@@ -94,6 +97,16 @@ def run_codeinfer(spec: dict, prompts: PromptSets) -> dict:
     result["storage"] = dataclasses.asdict(storage)
     result["dtype"] = str(runner.quant or runner.dtype).replace("torch.", "") + (" + int8 KV" if int8_kv else "")
     return result
+
+
+def spec_counters(before: dict, after: dict) -> dict:
+    """Speculative decoding's counters over the runs between two engine stats (the warm-up and
+    prefill-only runs draft next to nothing: one and four new tokens)."""
+    drafts, proposed, accepted = (after[k] - before[k] for k in (
+        "spec_num_drafts", "spec_num_draft_tokens", "spec_num_accepted_tokens"))
+    return {"draft_tokens": proposed, "accepted_tokens": accepted,
+            "acceptance_rate": accepted / proposed if proposed else 0.0,
+            "mean_accepted_length": 1 + accepted / drafts if drafts else 0.0}
 
 
 def run_transformers(spec: dict, prompts: PromptSets) -> dict:

@@ -47,6 +47,9 @@ def summarize_rows(systems, runs: dict) -> list[dict]:
                        tok_s_min=lo, tok_s_max=hi, ttft_method=ok[0]["ttft_method"],
                        notes=ok[0].get("notes"), peak_rss_mb=max(e["peak_rss_mb"] for e in ok),
                        **{k: statistics.median(e[k] for e in ok) for k in MEDIAN_FIELDS})
+            if ok[0].get("spec"):  # speculative decoding: its label, and its counters over the rounds
+                row["label"] += " + speculative"
+                row["spec"] = {k: statistics.median(e["spec"][k] for e in ok) for k in ok[0]["spec"]}
         if load == 0:
             idle[(i, n)] = row
         elif (i, n) in idle:
@@ -70,6 +73,40 @@ def speedups(rows: list[dict]) -> list[dict]:
                 out.append(dict(ratio, concurrency=ours["concurrency"], load=ours["load"],
                                 ours=ours["label"], peer=peer["label"]))
     return out
+
+
+def spec_speedups(rows: list[dict]) -> list[dict]:
+    """Each speculative codeinfer row's tokens/s over the same dtype without speculation, paired
+    per round, with its acceptance counters."""
+    out = []
+    for spec in rows:
+        if spec["failed"] or not spec.get("spec"):
+            continue
+        for plain in rows:
+            same = (plain["concurrency"], plain["load"], plain.get("dtype")) == (
+                spec["concurrency"], spec["load"], spec.get("dtype"))
+            if plain["system"] != "codeinfer" or plain.get("spec") or plain["failed"] or not same:
+                continue
+            ratio = paired_ratio(spec["tok_s_runs"], plain["tok_s_runs"])
+            if ratio:
+                out.append(dict(ratio, concurrency=spec["concurrency"], load=spec["load"],
+                                ours=spec["label"], **spec["spec"]))
+    return out
+
+
+def _spec_table(result: dict) -> list[str]:
+    rows = result.get("spec_speedups") or []
+    if not rows:
+        return []
+    lines = [f"speculative decoding, {result.get('workload', 'random')} prompts: tokens/s with / without, "
+             "paired per round; acceptance over the timed runs", "",
+             "| requests | load | codeinfer | speed-up | draft tokens | accepted | acceptance | "
+             "mean accepted length |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['concurrency']} | {_load_name(r['load'])} | {r['ours']} | {_ratio(r)} | "
+                     f"{r['draft_tokens']:.0f} | {r['accepted_tokens']:.0f} | "
+                     f"{100 * r['acceptance_rate']:.1f}% | {r['mean_accepted_length']:.2f} |")
+    return lines
 
 
 def _load_name(load: int) -> str:
@@ -145,10 +182,12 @@ def _notes(result: dict) -> list[str]:
 def format_table(result: dict) -> str:
     """The bandwidth lines, the main table, the paired speed-ups and the notes, as markdown."""
     load = result["background_load"]
-    head = [f"{result['model_name']}: {result['prompt_len']}-token prompts, {result['max_tokens']} new tokens, "
+    head = [f"{result['model_name']}: {result['prompt_len']}-token {result.get('workload', 'random')} prompts, "
+            f"{result['max_tokens']} new tokens, "
             f"{result['repeat']} round(s), {result['threads']} threads"
             + (f", background load {load} busy processes" if load else "")]
-    parts = [head + _bandwidth_lines(result), _main_table(result["rows"]), _speedup_table(result), _notes(result)]
+    parts = [head + _bandwidth_lines(result), _main_table(result["rows"]), _speedup_table(result), _spec_table(result),
+             _notes(result)]
     return "\n\n".join("\n".join(p) for p in parts if p)
 
 

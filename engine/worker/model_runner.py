@@ -17,7 +17,7 @@ from engine.layers.bf16 import pack_linears
 from engine.layers.int4 import quantize_linears_int4
 from engine.layers.quant import quantize_linears
 from engine.worker.kv_cache import KVCache
-from engine.worker.sampler import SampleResult, sample, token_logprobs
+from engine.worker.sampler import SampleResult, sample, token_logprobs, verify
 from engine.worker.weights import load_model, release_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -112,8 +112,9 @@ def prompt_logprob_positions(seq: Sequence, start: int, end: int) -> range:
 @dataclass
 class _Rows:
     """The rows of a step's last-layer output that give logits (indices into that output)."""
-    sample: list[int]                 # per sampling sequence (forks share their parent's row)
+    sample: list[int]                 # per sampling sequence 1 + its drafts (forks share their parent's row)
     sample_seqs: list[Sequence]
+    drafts: list[list[int]]           # per sampling sequence, the drafts its rows verify
     prompt: list[tuple[Request, list[int], list[int]]]  # (request, rows, prompt token of each row)
 
 
@@ -150,6 +151,7 @@ class ModelRunner:
         # The sampler's per-row argmax and logsumexp (the C++ one on the CPU backend).
         self.row_stats = self.ops.argmax_logsumexp
         self.remap = vocab.remap.to(device)  # [vocab_size]: identity but for CodeCLM's twins
+        self.generated_modality = vocab.generated_modality
         # kv_cache_dtype "int8": symmetric int8 rows, one fp32 scale per (slot, head) (C++ kernels).
         self.cache = KVCache(config, cache, dtype, device, self.ops, max_num_seqs)
         self.cache.bind(self.model.layers)
@@ -164,8 +166,9 @@ class ModelRunner:
         for item in items:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
-            input_ids += seq.token_ids[start:end]
-            modality += seq.modality[start:end]
+            # Drafts (speculative decoding) follow the known tokens; they are generated tokens.
+            input_ids += seq.token_ids[start:end] + item.draft_token_ids
+            modality += seq.modality[start:end] + [self.generated_modality] * len(item.draft_token_ids)
             positions += range(start, end)
             table = seq.block_table
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
@@ -195,7 +198,7 @@ class ModelRunner:
         of prompt positions whose logits give prompt logprobs still missing. When those are
         fewer than all, meta.last_rows keeps only them through the last layer."""
         needed: list[list[int]] = []  # per sequence, ascending
-        rows = _Rows([], [], [])
+        rows = _Rows([], [], [], [])
         for b, item in enumerate(items):
             seq, start = item.seq, item.seq.num_computed_tokens
             first_row, last_row = cu_seqlens_q[b], cu_seqlens_q[b + 1] - 1
@@ -205,11 +208,13 @@ class ModelRunner:
                 rows.prompt.append((seq.request, list(kept),
                                     seq.token_ids[wanted.start + 1:wanted.stop + 1]))
             if item.sample:
-                if not kept or kept[-1] != last_row:
-                    kept.append(last_row)
+                # Verifying k drafts takes the chunk's last k + 1 rows (the drafts are its last inputs).
+                rows_of_seq = range(last_row - len(item.draft_token_ids), last_row + 1)
+                kept += [r for r in rows_of_seq if not kept or r > kept[-1]]
                 for s in [seq, *item.forks]:  # forks share their parent's row
-                    rows.sample.append(last_row)
+                    rows.sample += rows_of_seq
                     rows.sample_seqs.append(s)
+                    rows.drafts.append(item.draft_token_ids)
             # The last layer's attention takes a sequence's kept rows as the last queries of its chunk.
             assert kept == list(range(last_row + 1 - len(kept), last_row + 1)), kept
             needed.append(kept)
@@ -263,10 +268,12 @@ class ModelRunner:
         prompt_logprobs = {request.request_id: self._prompt_logprobs(hidden[kept], targets,
                                                                      request.params.prompt_logprobs)
                            for request, kept, targets in rows.prompt}
-        sampled = SampleResult([], [], [])
-        if rows.sample:
-            sampled = sample(self.logits(hidden[rows.sample]).cpu(), rows.sample_seqs, self.row_stats)
-        return ModelRunnerOutput(rows.sample_seqs, sampled, {}, prompt_logprobs)
+        sampled, seqs = SampleResult([], [], []), rows.sample_seqs
+        if any(rows.drafts):  # speculative decoding: several tokens for a sequence
+            sampled, seqs = verify(self.logits(hidden[rows.sample]).cpu(), seqs, rows.drafts, self.row_stats)
+        elif rows.sample:
+            sampled = sample(self.logits(hidden[rows.sample]).cpu(), seqs, self.row_stats)
+        return ModelRunnerOutput(seqs, sampled, {}, prompt_logprobs)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, token_ids: list[int],
                          num_top: int) -> list[dict[int, float]]:

@@ -29,16 +29,18 @@ class SampleResult:
                             self.top_logprobs + other.top_logprobs)
 
 
-def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
-    for row, seq in enumerate(seqs):
+def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence], extras: list[list[int]]) -> None:
+    """Row i is the distribution after seqs[i]'s tokens and then extras[i] (the drafts a
+    verification row comes after: they count as generated tokens there)."""
+    for row, (seq, extra) in enumerate(zip(seqs, extras)):
         p = seq.request.params
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long)
+            seen = torch.tensor(sorted(set(seq.token_ids).union(extra)), dtype=torch.long)
             vals = logits[row, seen]
             logits[row, seen] = torch.where(vals > 0, vals / p.repetition_penalty,
                                             vals * p.repetition_penalty)
         if p.presence_penalty or p.frequency_penalty:
-            out = seq.output_token_ids
+            out = seq.output_token_ids + extra
             if out:
                 ids, counts = torch.tensor(out, dtype=torch.long).unique(return_counts=True)
                 logits[row, ids] -= p.frequency_penalty * counts.float() + p.presence_penalty
@@ -76,30 +78,81 @@ def _check_finite(probs: torch.Tensor, seqs: list[Sequence]) -> None:
 def sample(logits: torch.Tensor, seqs: list[Sequence], row_stats: RowStats = argmax_logsumexp) -> SampleResult:
     """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf). row_stats: the
     backend's argmax_logsumexp (kernels.reference's by default)."""
-    params = [s.request.params for s in seqs]
+    return verify(logits, seqs, [[] for _ in seqs], row_stats)[0]
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token from probs [vocab]: what torch.multinomial(probs, 1, generator=generator) draws
+    (the exponential race, argmax p / E with E ~ Exp(1)), spelled out so that a verification row
+    consumes exactly the random numbers a plain decode row does."""
+    race = torch.empty_like(probs).exponential_(generator=generator)
+    return int((probs / race).argmax())
+
+
+def verify(logits: torch.Tensor, seqs: list[Sequence], drafts: list[list[int]],
+           row_stats: RowStats = argmax_logsumexp) -> tuple[SampleResult, list[Sequence]]:
+    """Sample each sequence's next tokens, verifying its drafts. logits: [rows, vocab] fp32, for
+    sequence i 1 + len(drafts[i]) consecutive rows, row j the distribution after drafts[i][:j].
+
+    Row j draws its token exactly as a plain decode row would (argmax, or one draw from the
+    sequence's generator); draft j is accepted when that token equals it, and the first token
+    that differs, or the token after the last draft, ends the sequence's tokens. For a draft that
+    is a point mass (n-gram lookup) this is Leviathan et al.'s rejection sampling: draft d is
+    accepted with probability p(d), a rejection's token follows p with d removed, renormalised.
+    As every emitted token is the draw of its own row, a seeded sequence emits the tokens it
+    would without drafts. Returns the emitted tokens (several per sequence) and the sequence of
+    each, in order."""
+    row_seqs, extras = [], []
+    for seq, draft in zip(seqs, drafts):
+        for j in range(len(draft) + 1):
+            row_seqs.append(seq)
+            extras.append(draft[:j])
+    params = [s.request.params for s in row_seqs]
     raw_logits = logits
     argmax, log_norm = row_stats(logits)
     if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in params):
         logits = logits.clone()
-        _apply_penalties(logits, seqs)
+        _apply_penalties(logits, row_seqs, extras)
         argmax = row_stats(logits)[0]
-    vocab = logits.shape[1]
-    token_ids = argmax.tolist()
+    greedy_ids = argmax.tolist()
     rows = [i for i, p in enumerate(params) if not p.greedy]
-    if rows:
-        sub = logits[rows] / torch.tensor([params[i].temperature for i in rows])[:, None]
-        # top_k beyond the vocabulary keeps every token (clamped in Python: 10**20 fits no tensor)
-        sub = _filter(sub, torch.tensor([min(params[i].top_k, vocab) for i in rows]),
-                      torch.tensor([params[i].top_p for i in rows], dtype=torch.float32),
-                      torch.tensor([params[i].min_p for i in rows], dtype=torch.float32))
-        probs = sub.softmax(dim=-1)
-        _check_finite(probs, [seqs[i] for i in rows])
-        # The draws come after every check, so a step that fails on some request's values has
-        # consumed no random numbers: the others, re-run without it, draw what they would have.
-        for j, i in enumerate(rows):
-            token_ids[i] = int(torch.multinomial(probs[j], 1, generator=seqs[i].generator))
-    chosen, top = token_logprobs(raw_logits, token_ids, [p.logprobs for p in params], log_norm)
-    return SampleResult(token_ids, chosen, top)
+    probs = _probabilities(logits, rows, params, row_seqs)
+    # The draws come after every check, so a step that fails on some request's values has
+    # consumed no random numbers: the others, re-run without it, draw what they would have.
+    prob_row = {row: j for j, row in enumerate(rows)}
+    token_ids, token_rows, owners = [], [], []
+    first = 0
+    for seq, draft in zip(seqs, drafts):
+        for j in range(len(draft) + 1):
+            row = first + j
+            token = greedy_ids[row] if row not in prob_row else _draw(probs[prob_row[row]], seq.generator)
+            token_ids.append(token)
+            token_rows.append(row)
+            owners.append(seq)
+            if j == len(draft) or token != draft[j]:
+                break
+        first += len(draft) + 1
+    if len(token_rows) < len(row_seqs):  # the rows after a rejected draft emit nothing
+        raw_logits, log_norm = raw_logits[token_rows], log_norm[token_rows]
+    chosen, top = token_logprobs(raw_logits, token_ids, [s.request.params.logprobs for s in owners],
+                                 log_norm)
+    return SampleResult(token_ids, chosen, top), owners
+
+
+def _probabilities(logits: torch.Tensor, rows: list[int], params, seqs: list[Sequence]) -> torch.Tensor | None:
+    """The sampling distributions [len(rows), vocab] of the given rows: temperature, top_k, top_p,
+    min_p; FloatingPointError naming the requests when one is not finite."""
+    if not rows:
+        return None
+    vocab = logits.shape[1]
+    sub = logits[rows] / torch.tensor([params[i].temperature for i in rows])[:, None]
+    # top_k beyond the vocabulary keeps every token (clamped in Python: 10**20 fits no tensor)
+    sub = _filter(sub, torch.tensor([min(params[i].top_k, vocab) for i in rows]),
+                  torch.tensor([params[i].top_p for i in rows], dtype=torch.float32),
+                  torch.tensor([params[i].min_p for i in rows], dtype=torch.float32))
+    probs = sub.softmax(dim=-1)
+    _check_finite(probs, [seqs[i] for i in rows])
+    return probs
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: list[int], num_top: list[int | None],

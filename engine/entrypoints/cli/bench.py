@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.engine_args import EngineArgs
 from engine.tools import BENCH_EXTRA
+from engine.tools.bench_workloads import WORKLOADS
 
 PEERS = ("transformers", "ctranslate2", "openvino")
 QUALITY_CHUNKS = ((0, "whole-prompt prefill"), (8, "8-token chunks"), (32, "32-token chunks"))
@@ -45,6 +46,10 @@ def register(subparsers) -> None:
     p.add_argument("--prompt-len", type=int, default=128,
                    help="tokens per prompt (up to the model's context less --max-tokens)")
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
+    p.add_argument("--workload", default="random", choices=WORKLOADS,
+                   help="prompts: random ids; copy (a file of this package, then its own start "
+                        "again: the model should copy); complete (a file cut after a def line). "
+                        "With --speculative-config codeinfer runs with and without it")
     p.add_argument("--compare", type=_peer_list, default=[],
                    help=f"peers to run too: transformers,ctranslate2,openvino ({BENCH_EXTRA})")
     p.add_argument("--repeat", type=int, default=1,
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = EngineArgs.from_cli_args(args).to_dict()
     model = str(resolve_model(kwargs.pop("model") or default_model_dir(), args.revision)[0])
     print(f"codeinfer bench: {model}, dtype {args.dtypes or args.dtype}, prompts {args.prompt_len} tokens, "
-          f"{args.max_tokens} new tokens, concurrency {args.concurrency}, background load "
+          f"{args.max_tokens} new tokens, {args.workload} workload, concurrency {args.concurrency}, background load "
           f"{args.background_load}")
     options = {"openvino_precision": args.openvino_precision,
                "openvino_export_python": args.openvino_export_python}
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                                   args.max_tokens, args.compare, seed=args.seed,
                                   dtypes=args.dtypes.split(",") if args.dtypes else None,
                                   repeat=args.repeat, background_load=args.background_load,
-                                  options=options)
+                                  options=options, workload=args.workload)
     if args.quality:
         from engine.tools.bench_quality import agreement
         dtypes = [d.strip() for d in args.quality.split(",")]

@@ -9,6 +9,7 @@ import stat
 import sys
 import tempfile
 
+from engine.engine_args import json_object
 from engine.tools.diff import STOP_MARKERS, apply_diff, build_prompt, extract_candidates, is_diff_model
 
 _COLORS = {"+": "\033[32m", "-": "\033[31m", "@": "\033[36m", "header": "\033[1m"}
@@ -35,6 +36,10 @@ def register(subparsers) -> None:
     p.add_argument("--apply", action="store_true", help="write the first applicable candidate")
     p.add_argument("--dtype", default="auto", help="weight/activation dtype (as in generate)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--speculative-config", type=json_object, default=None, metavar="JSON",
+                   help="speculative decoding as in generate, e.g. '{\"method\": \"ngram\", "
+                        "\"num_speculative_tokens\": 4}': a diff re-emits the file's lines, which "
+                        "prompt lookup drafts (the diffs are those sampled without it)")
     p.set_defaults(func=run)
 
 
@@ -56,7 +61,8 @@ def sample_diffs(prompt: str, args: argparse.Namespace) -> list[str]:
     from engine import LLM, SamplingParams
 
     check_diff_model(args)
-    llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed)
+    llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed,
+              speculative_config=getattr(args, "speculative_config", None))
     params = SamplingParams(n=args.samples, temperature=args.temperature, top_p=args.top_p,
                             max_tokens=args.max_tokens, stop=list(STOP_MARKERS))
     output = llm.generate(prompt, params, use_tqdm=False)[0]

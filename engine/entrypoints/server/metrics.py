@@ -90,3 +90,24 @@ class _EngineCollector:
                                 value=hits / queries if queries else 0.0)
         yield CounterMetricFamily("codeinfer_num_preemptions", "Requests preempted by the scheduler.",
                                   value=stats.get("num_preemptions", 0))
+        yield from _spec_decode_metrics(stats)
+
+
+def _spec_decode_metrics(stats: dict):
+    """Speculative decoding's counters (zero without a speculative_config)."""
+    counters = (
+        ("codeinfer_spec_decode_num_drafts", "Verifications: a sequence's drafts checked in a step.",
+         "spec_num_drafts"),
+        ("codeinfer_spec_decode_num_draft_tokens", "Draft tokens proposed and verified.",
+         "spec_num_draft_tokens"),
+        ("codeinfer_spec_decode_num_accepted_tokens", "Draft tokens accepted.",
+         "spec_num_accepted_tokens"),
+    )
+    for name, doc, key in counters:
+        yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+    yield GaugeMetricFamily("codeinfer_spec_decode_acceptance_rate",
+                            "Accepted / proposed draft tokens since start.",
+                            value=stats.get("spec_acceptance_rate", 0.0))
+    yield GaugeMetricFamily("codeinfer_spec_decode_mean_accepted_length",
+                            "Tokens a verification emits on average (accepted drafts + 1).",
+                            value=stats.get("spec_mean_accepted_length", 0.0))
