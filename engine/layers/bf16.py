@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from engine.layers.quant import PackedLinearBase, replace_linears
+from engine.layers.quant import PackedLinearBase, packed_bias, replace_linears
 from kernels import reference as reference_ops
 
 try:
@@ -32,15 +32,7 @@ class Bf16Linear(PackedLinearBase):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("packed_weight", reference_ops.pack_bf16_weight(weight.detach().to(torch.bfloat16)))
         self.out_dtype = out_dtype
-        if bias is not None:
-            bias = nn.Parameter(bias.detach().to(out_dtype or torch.bfloat16).clone(), requires_grad=False)
-        self.bias = bias
-
-    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
-        on output columns >= act_start (None: none); residual: [..., out] added last."""
-        return self._packed_forward(x, norm, act_start, residual)
+        self.bias = packed_bias(bias, out_dtype)
 
     def _bind(self, x_dtype, bias, gamma, beta, eps, out_dtype):
         return self.ops.bind_bf16_linear(self.packed_weight, self.in_features, self.out_features, bias, gamma,

@@ -16,7 +16,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from engine.layers.quant import PackedLinearBase, quantize_linears, replace_linears
+from engine.layers.quant import PackedLinearBase, packed_bias, quantize_linears, replace_linears
 from kernels import reference as reference_ops
 
 try:
@@ -50,15 +50,7 @@ class Int4Linear(PackedLinearBase):
         self.register_buffer("packed_weight", packed)  # [out / 16, Kp / 8, 16, 4] uint8: two nibbles a byte
         self.register_buffer("params", params)         # [out / 16, Kp / G, 2, 16] fp16 scales, mins
         self.out_dtype = out_dtype
-        if bias is not None:
-            bias = nn.Parameter(bias.detach().to(out_dtype or torch.bfloat16).clone(), requires_grad=False)
-        self.bias = bias
-
-    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
-        on output columns >= act_start (None: none); residual: [..., out] added last."""
-        return self._packed_forward(x, norm, act_start, residual)
+        self.bias = packed_bias(bias, out_dtype)
 
     def _bind(self, x_dtype, bias, gamma, beta, eps, out_dtype):
         return self.ops.bind_int4_linear(self.packed_weight, self.params, self.in_features, self.out_features,

@@ -33,7 +33,7 @@ except ImportError:  # the C++ extension is not built: the reference ops (slow, 
 
 
 class PackedLinearBase(nn.Module):
-    """What Int8Linear and Bf16Linear share: the backend's linear op bound once per (input dtype,
+    """What Int8Linear, Bf16Linear and Int4Linear share: the backend's linear op bound once per (input dtype,
     norm) to this layer's packed weight, bias and norm parameters (`ops.bind_*_linear`: the C++ one
     checks them once and keeps its argument template), so a step's call passes only its rows. The
     bindings hold the tensors they point to; moving the module (`.to()`, `_apply`) drops them."""
@@ -44,6 +44,12 @@ class PackedLinearBase(nn.Module):
 
     def _bind(self, x_dtype: torch.dtype, bias, gamma, beta, eps: float, out_dtype: torch.dtype):
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None, act_start: int | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [..., in] -> [..., out]. norm: the layer norm applied to x first; act_start: gelu (tanh)
+        on output columns >= act_start (None: none); residual: [..., out] added last."""
+        return self._packed_forward(x, norm, act_start, residual)
 
     def _apply(self, fn, *args, **kwargs):
         self._bound = {}
@@ -71,6 +77,14 @@ class PackedLinearBase(nn.Module):
             bias = bias.to(out_dtype)
         gamma, beta, eps = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, norm.eps)
         return self._bind(x_dtype, bias, gamma, beta, eps, out_dtype), out_dtype
+
+
+def packed_bias(bias: torch.Tensor | None, out_dtype: torch.dtype | None) -> nn.Parameter | None:
+    """A packed bf16 / int4 layer's bias: a frozen copy in the output dtype (bf16 when the output
+    follows the input)."""
+    if bias is None:
+        return None
+    return nn.Parameter(bias.detach().to(out_dtype or torch.bfloat16).clone(), requires_grad=False)
 
 
 class Int8Linear(PackedLinearBase):
