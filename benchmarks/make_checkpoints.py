@@ -1,7 +1,7 @@
 """Write random-weight checkpoints with the real shapes of CodeGen-350M / 2B / 6B / 16B and
 PyCodeGPT-110M (GPT-Neo) for `codeinfer bench`: config.json + safetensors + tokenizer.
 
-    python benchmarks/make_checkpoints.py OUT_DIR [--only codegen-2b] [--std 0.02]
+    python -m benchmarks.make_checkpoints OUT_DIR [--only codegen-2b] [--std 0.02]
 
 The small ones are built and saved by transformers (fp32). CodeGen-2B / 6B / 16B are written shard by
 shard in bf16 (one block a shard, model.safetensors.index.json naming them): never the whole model in

@@ -9,7 +9,7 @@
    prefix, a tail one token longer per request, one request at a time; TTFT with prefix caching
    on and off (two servers).
 
-    python benchmarks/serving.py [--model DIR] [--url http://127.0.0.1:8000] [--dtype bfloat16]
+    python -m benchmarks.serving [--model DIR] [--url http://127.0.0.1:8000] [--dtype bfloat16]
                                  [--kv-cache-dtype int8] [--offline --repeat 3]
 
 Tokens per chunk are counted from `logprobs: 0` (a chunk may carry several tokens when the client
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url-no-cache", default=None)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--kv-cache-dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the engine's CPU threads, server and offline alike (default: the engine's)")
     parser.add_argument("--offline", action="store_true",
                         help="also run each load level offline (codeinfer bench) and pair the ratios")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of each load level (with --offline: "
@@ -207,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = tokenizer.encode(source_text())
     context = config.max_position_embeddings
     results: dict = {"model": model_dir.name, "dtype": args.dtype, "load": [], "keystroke": {}}
-    server_args = ["--dtype", args.dtype, "--kv-cache-dtype", args.kv_cache_dtype]
+    server_args = ["--dtype", args.dtype, "--kv-cache-dtype", args.kv_cache_dtype,
+                   *(["--threads", str(args.threads)] if args.threads else [])]
     if args.offline and args.url:
         parser.error("--offline runs its own server (leave out --url)")
 

@@ -2,7 +2,7 @@
 
 Each setting runs in a fresh process (libgomp reads its environment once), settings round robin:
 
-    python benchmarks/shared_cpu.py /tmp/ckpt/codegen-350m --background 0,1,3 --repeat 2 \
+    python -m benchmarks.shared_cpu /tmp/ckpt/codegen-350m --background 0,1,3 --repeat 2 \
         --setting libgomp:GOMP_SPINCOUNT=300000 --setting engine: --setting passive:OMP_WAIT_POLICY=PASSIVE
 
 300000 is libgomp's own spin count; a setting with no variables gets the engine's default

@@ -3,7 +3,7 @@ prompt (engine.diff.build_prompt) of the file's first 200 lines, the same sample
 `codeinfer edit` (n, temperature, top_p, the stop markers), both engines in one process, rounds
 interleaved; prints the median seconds per edit and the acceptance counters.
 
-    python benchmarks/spec_edit_latency.py [--model DIFF_MODEL_DIR] [--file F] [--rounds 3]
+    python -m benchmarks.spec_edit_latency [--model DIFF_MODEL_DIR] [--file F] [--rounds 3]
 
 Without --model it runs the bundled model, which writes no diffs (it times the mechanism only)."""
 from __future__ import annotations

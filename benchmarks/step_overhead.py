@@ -5,7 +5,7 @@ every C++ op (embedding, rotary + KV write, attention, packed linears) replaced 
 logits by zeros, so what remains is the engine's own per-step work (scheduling, metadata, layer
 code, wrappers, sampling, outputs). Reports the median step time of each and the glue's share.
 
-    python benchmarks/step_overhead.py [--model DIR] [--requests 1,8,32] [--context 128]
+    python -m benchmarks.step_overhead [--model DIR] [--requests 1,8,32] [--context 128]
 
 Numbers, not a test: run it on a quiet machine (`cat /proc/loadavg`), and compare revisions in
 alternating runs.

@@ -14,20 +14,20 @@ if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os
     os.environ["GOMP_SPINCOUNT"] = "1000"
 
 _EXPORTS = {
-    "LLM": "engine.entrypoints.llm",
-    "EngineArgs": "engine.engine_args",
-    "SamplingParams": "engine.core.sampling_params",
-    "RequestOutput": "engine.core.outputs",
-    "CompletionOutput": "engine.core.outputs",
-    "__version__": "engine.version",
+    "LLM": ".entrypoints.llm",
+    "EngineArgs": ".engine_args",
+    "SamplingParams": ".core.sampling_params",
+    "RequestOutput": ".core.outputs",
+    "CompletionOutput": ".core.outputs",
+    "__version__": ".version",
 }
 __all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     globals()[name] = value
     return value
 

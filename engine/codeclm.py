@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path
 
-from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from .tokenizer import IncrementalDetokenizer, Tokenizer
 
 DUP = "[_DUP_]"
 MAP_FILE = "replicated_tokens_map.pkl"

@@ -152,14 +152,14 @@ def checkpoint_files() -> tuple[str, ...]:
     """The files of a checkpoint besides its weights: those the loader reads (this module,
     engine/tokenizer.py, engine/codeclm.py) or transformers wants next to them
     (special_tokens_map.json). `codeinfer convert` copies them; a Hub id fetches them."""
-    from engine.codeclm import MAP_FILE  # codeclm -> tokenizer -> this module
+    from .codeclm import MAP_FILE  # codeclm -> tokenizer -> this module
     return ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", MAP_FILE)
 
 
 def _model_class(f: ConfigFields):
     """The model class (engine/models/) of the first supported name in `architectures`."""
-    from engine.models import MODEL_REGISTRY
+    from .models import MODEL_REGISTRY
 
     archs = f.get("architectures", [])
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
@@ -175,7 +175,7 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     """Read and check config.json (+ generation_config.json for special token ids) of a checkpoint,
     and check that its safetensors headers hold exactly the tensors this config implies, before
     anything is allocated: a config that passes describes the weights that are there."""
-    from engine.worker.weights import check_checkpoint  # weights imports this module
+    from .worker.weights import check_checkpoint  # weights imports this module
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

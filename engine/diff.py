@@ -1,4 +1,4 @@
 """Public contract: engine.diff.build_prompt / apply_diff (implemented in engine.tools.diff)."""
-from engine.tools.diff import apply_diff, build_prompt
+from .tools.diff import apply_diff, build_prompt
 
 __all__ = ["apply_diff", "build_prompt"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.config import BIN_WEIGHTS, checkpoint_files
-from engine.worker.weights import INDEX_FILE, has_safetensors
+from .config import BIN_WEIGHTS, checkpoint_files
+from .worker.weights import INDEX_FILE, has_safetensors
 
 SAFETENSORS_PATTERNS = ("model*.safetensors", INDEX_FILE)
 BIN_PATTERNS = (BIN_WEIGHTS, "pytorch_model.bin.index.json")
@@ -32,7 +32,7 @@ def resolve_model(model: str | os.PathLike, revision: str | None = None) -> tupl
         raise ValueError(f"model: {str(model)!r} is neither a folder nor a Hugging Face Hub id "
                          f"(org/name)")
     if not has_safetensors(path) and any(path.glob(BIN_WEIGHTS)):
-        from engine.worker.convert import converted_folder
+        from .worker.convert import converted_folder
         path = converted_folder(path)
     return path, name
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-from engine.config import MAX_JSON_BYTES, read_json_object
+from .config import MAX_JSON_BYTES, read_json_object
 
 
 def _token_text(value, path: Path, key: str) -> str | None:

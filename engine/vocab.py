@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from engine import codeclm
-from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from . import codeclm
+from .tokenizer import IncrementalDetokenizer, Tokenizer
 
 
 class Vocabulary:

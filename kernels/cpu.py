@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _cpu
-from kernels._checks import (check_attention_rows, check_cache, check_cache_scales, check_device, int4_group_size,
+from . import _cpu
+from ._checks import (check_attention_rows, check_cache, check_cache_scales, check_device, int4_group_size,
                              check_embedding_shapes, check_rotary_rows, check_rotary_table, check_window)
 
 _CPU = torch.device("cpu")

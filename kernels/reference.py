@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._bind import closure_binders
-from kernels.int4_pack import pack_int4_weight, quantize_int4, quantize_pack_int4, unpack_int4  # noqa: F401
+from ._bind import closure_binders
+from .int4_pack import pack_int4_weight, quantize_int4, quantize_pack_int4, unpack_int4  # noqa: F401
 
 
 def gated_embedding(ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,

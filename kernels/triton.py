@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._bind import closure_binders
-from kernels._checks import (check_attention_args, check_device, check_embedding_shapes,
+from ._bind import closure_binders
+from ._checks import (check_attention_args, check_device, check_embedding_shapes,
                              check_rotary_args)
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
@@ -308,4 +308,4 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 bind_rotary_store_kv, bind_paged_attention = closure_binders(rotary_store_kv, paged_attention)
 # The sampler's row reductions: on a GPU, torch's own reductions are the kernel.
-from kernels.reference import argmax_logsumexp  # noqa: E402
+from .reference import argmax_logsumexp  # noqa: E402

@@ -13,7 +13,7 @@ completions.
 
 Usage (about 15 minutes of training on 2 cores with bf16 autocast):
 
-    .venv/bin/python scripts/train_default_model.py --minutes 15
+    .venv/bin/python -m scripts.train_default_model --minutes 15
 
 The learning-rate schedule is time aware: training stops at ``--steps`` or when ``--minutes``
 of training wall time have passed, whichever comes first, and the cosine decay follows whichever
@@ -467,7 +467,7 @@ def write_readme(out: Path, *, args, root, train_files, held_files, n_bytes_trai
         "",
         "## Training",
         "",
-        f"- Seed: {args.seed}. Command: `python scripts/train_default_model.py --seed {args.seed} "
+        f"- Seed: {args.seed}. Command: `python -m scripts.train_default_model --seed {args.seed} "
         f"--minutes {args.minutes:g} --steps {args.steps}`"
         + (" --no-bf16" if args.no_bf16 else "") + ".",
         f"- Corpus: `.py` files of the Python {sys.version.split()[0]} standard library at "

@@ -1,7 +1,7 @@
 """GMAC/s of kernels.cpu.int8_linear and int4_linear at decode and prefill shapes (random weights,
 bf16 rows).
 
-    python benchmarks/kernels/linear_gmacs.py [--threads 1] [--cpu-time] [--kinds int8,int4] [--group-size 64]
+    python -m benchmarks.kernels.linear_gmacs [--threads 1] [--cpu-time] [--kinds int8,int4] [--group-size 64]
 
 --cpu-time divides by the process's CPU time instead of wall time: with --threads 1 that is the
 per-core figure, and it moves much less than wall time when other work shares the machine

@@ -9,7 +9,7 @@ import hashlib
 import struct
 from collections import OrderedDict
 
-from engine.core.sequence import Sequence
+from .sequence import Sequence
 
 
 def block_hash(parent: bytes, token_ids: list[int], modality: list[int]) -> bytes:

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import ModelConfig, load_config
-from engine.core.input_processor import InputProcessor
-from engine.core.sampling_params import SamplingParams
-from engine.engine_args import DEFAULT_MODEL, EngineArgs
-from engine.hub import resolve_model
-from engine.tokenizer import Tokenizer
-from engine.vocab import Vocabulary, load_vocabulary
+from ..config import ModelConfig, load_config
+from .input_processor import InputProcessor
+from .sampling_params import SamplingParams
+from ..engine_args import DEFAULT_MODEL, EngineArgs
+from ..hub import resolve_model
+from ..tokenizer import Tokenizer
+from ..vocab import Vocabulary, load_vocabulary
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 

@@ -7,10 +7,10 @@ import itertools
 
 import torch
 
-from engine.config import ModelConfig
-from engine.core.sampling_params import SamplingParams
-from engine.core.sequence import Request, Sequence
-from engine.tokenizer import Tokenizer
+from ..config import ModelConfig
+from .sampling_params import SamplingParams
+from .sequence import Request, Sequence
+from ..tokenizer import Tokenizer
 
 
 def check_sampling_params(sampling_params) -> SamplingParams:

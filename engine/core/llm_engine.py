@@ -10,23 +10,23 @@ import time
 
 import torch
 
-from engine.codeclm import CodeCLMVocab
-from engine.config import CacheConfig
-from engine.core.block_manager import BlockManager
+from ..codeclm import CodeCLMVocab
+from ..config import CacheConfig
+from .block_manager import BlockManager
 # default_model_dir stays importable from here, where callers have always found it.
-from engine.core.frontend import EngineFrontend, default_model_dir  # noqa: F401
-from engine.core.input_processor import check_sampling_params
-from engine.core.output_processor import OutputProcessor
-from engine.core.outputs import RequestOutput
-from engine.core.sampling_params import SamplingParams
-from engine.core.sched_output import ModelRunnerOutput, SchedulerOutput
-from engine.core.scheduler import Scheduler
-from engine.core.sequence import Request
-from engine.core.spec_decode import SpecDecoder
-from engine.engine_args import DEFAULT_MODEL, EngineArgs
-from engine.vocab import Vocabulary
-from engine.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
-from engine.worker.ngram_proposer import NgramProposer
+from .frontend import EngineFrontend, default_model_dir  # noqa: F401
+from .input_processor import check_sampling_params
+from .output_processor import OutputProcessor
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+from .sched_output import ModelRunnerOutput, SchedulerOutput
+from .scheduler import Scheduler
+from .sequence import Request
+from .spec_decode import SpecDecoder
+from ..engine_args import DEFAULT_MODEL, EngineArgs
+from ..vocab import Vocabulary
+from ..worker.model_runner import ModelRunner, resolve_device, resolve_dtype
+from ..worker.ngram_proposer import NgramProposer
 
 logger = logging.getLogger(__name__)
 

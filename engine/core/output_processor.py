@@ -2,8 +2,8 @@
 strings, max_tokens) and the vLLM-shaped RequestOutputs, on the far side of the engine core."""
 from __future__ import annotations
 
-from engine.core.outputs import CompletionOutput, RequestOutput
-from engine.core.sequence import Request, Sequence
+from .outputs import CompletionOutput, RequestOutput
+from .sequence import Request, Sequence
 
 
 class OutputProcessor:

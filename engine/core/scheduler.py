@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Callable
 
-from engine.core.block_manager import BlockManager
-from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
-from engine.core.sequence import Request, Sequence, SequenceStatus
-from engine.core.spec_decode import SpecDecoder, empty_stats
+from .block_manager import BlockManager
+from .sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
+from .sequence import Request, Sequence, SequenceStatus
+from .spec_decode import SpecDecoder, empty_stats
 
 
 class Scheduler:

@@ -10,8 +10,8 @@ the next accepted token. Text that does not repeat thus costs a lookup per step 
 now and then; text that copies drafts K tokens a step."""
 from __future__ import annotations
 
-from engine.core.sequence import Sequence
-from engine.speculative import SpeculativeConfig
+from .sequence import Sequence
+from ..speculative import SpeculativeConfig
 
 MAX_PAUSE = 16
 

@@ -5,10 +5,10 @@ import sys
 
 from tqdm.auto import tqdm
 
-from engine.core.llm_engine import LLMEngine
-from engine.engine_args import EngineArgs
-from engine.core.outputs import RequestOutput
-from engine.core.sampling_params import SamplingParams
+from ..core.llm_engine import LLMEngine
+from ..engine_args import EngineArgs
+from ..core.outputs import RequestOutput
+from ..core.sampling_params import SamplingParams
 
 
 class LLM:

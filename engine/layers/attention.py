@@ -11,7 +11,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from engine.layers.linear import project
+from .linear import project
 
 
 @dataclass

@@ -11,11 +11,12 @@ from functools import partial
 import torch
 from torch import nn
 
-from engine.layers.quant import PackedLinearBase, packed_bias, replace_linears
-from kernels import reference as reference_ops
+from .. import kernel_package
+from ..kernel_package import reference as reference_ops
+from .quant import PackedLinearBase, packed_bias, replace_linears
 
 try:
-    from kernels import cpu as cpu_ops
+    cpu_ops = kernel_package.load("cpu")
 except ImportError:  # the C++ extension is not built: pack_linears leaves the model alone
     cpu_ops = None
 

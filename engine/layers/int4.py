@@ -16,11 +16,12 @@ from functools import partial
 import torch
 from torch import nn
 
-from engine.layers.quant import PackedLinearBase, packed_bias, quantize_linears, replace_linears
-from kernels import reference as reference_ops
+from .. import kernel_package
+from ..kernel_package import reference as reference_ops
+from .quant import PackedLinearBase, packed_bias, quantize_linears, replace_linears
 
 try:
-    from kernels import cpu as cpu_ops
+    cpu_ops = kernel_package.load("cpu")
 except ImportError:  # the C++ extension is not built: the reference ops (slow, same results)
     cpu_ops = reference_ops
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.layers.bf16 import Bf16Linear
-from engine.layers.int4 import Int4Linear
-from engine.layers.quant import Int8Linear
+from .bf16 import Bf16Linear
+from .int4 import Int4Linear
+from .quant import Int8Linear
 
 
 

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import reference as reference_ops
+from .. import kernel_package
+from ..kernel_package import reference as reference_ops
 
 try:
-    from kernels import cpu as cpu_ops
+    cpu_ops = kernel_package.load("cpu")
 except ImportError:  # the C++ extension is not built: the reference ops (slow, same results)
     cpu_ops = reference_ops
 

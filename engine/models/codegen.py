@@ -7,11 +7,11 @@ import re
 import torch
 from torch import nn
 
-from engine.config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_ROTARY_TABLE_BYTES, MAX_VOCAB,
+from ..config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_ROTARY_TABLE_BYTES, MAX_VOCAB,
                            ConfigFields, ModelConfig)
-from engine.layers.attention import AttentionMetadata, SelfAttention
-from engine.layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, embedding, logits_fp32, project
-from kernels.reference import rotary_cos_sin
+from ..layers.attention import AttentionMetadata, SelfAttention
+from ..layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, embedding, logits_fp32, project
+from ..kernel_package import reference
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are QKV_CHUNKS chunks of
 # [q | v | k] (the config check refuses an n_embd they do not divide).
@@ -137,7 +137,7 @@ class CodeGenForCausalLM(nn.Module):
 
     def post_load(self) -> None:
         device = self.wte.weight.device
-        self.cos_sin = rotary_cos_sin(self.config.rotary_dim,
+        self.cos_sin = reference.rotary_cos_sin(self.config.rotary_dim,
                                       self.config.max_position_embeddings).to(device)
 
     def forward(self, input_ids: torch.Tensor, modality: torch.Tensor, remap: torch.Tensor,

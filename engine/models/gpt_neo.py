@@ -7,10 +7,10 @@ import re
 import torch
 from torch import nn
 
-from engine.config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigFields,
+from ..config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigFields,
                            ModelConfig)
-from engine.layers.attention import AttentionMetadata, SelfAttention
-from engine.layers.linear import ACTIVATIONS, MLP, embedding, logits_fp32
+from ..layers.attention import AttentionMetadata, SelfAttention
+from ..layers.linear import ACTIVATIONS, MLP, embedding, logits_fp32
 
 
 def _attention_kinds(f: ConfigFields, num_layers: int) -> list[str]:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from engine.tools import BENCH_EXTRA, bench_load, bench_report
-from engine.tools.bench_bytes import Storage, decode_bytes, measure_bandwidth
-from engine.tools.bench_workloads import workload_prompts
+from . import BENCH_EXTRA, bench_load, bench_report
+from .bench_bytes import Storage, decode_bytes, measure_bandwidth
+from .bench_workloads import workload_prompts
 
 PEERS = ("transformers", "ctranslate2", "openvino")
 
@@ -49,9 +49,9 @@ class System:
 
 # ------------------------------------------------------------------------- one configuration
 def _runner(system: str):
-    from engine.tools import bench_peers
+    from . import bench_peers
     if system == "openvino":
-        from engine.tools.bench_openvino import run_openvino
+        from .bench_openvino import run_openvino
         return run_openvino
     return {"codeinfer": bench_peers.run_codeinfer, "transformers": bench_peers.run_transformers,
             "ctranslate2": bench_peers.run_ctranslate2}[system]
@@ -75,8 +75,8 @@ def summarize_run(spec: dict, result: dict, config) -> dict:
 
 def worker(spec: dict) -> dict:
     """Run one (system, concurrency, load) configuration; returns its figures and peak RSS."""
-    from engine.config import load_config
-    from engine.tokenizer import Tokenizer
+    from ..config import load_config
+    from ..tokenizer import Tokenizer
 
     n, plen, seed = spec["concurrency"], spec["prompt_len"], spec["seed"]
     workload = spec.get("workload", "random")
@@ -111,7 +111,7 @@ def _last_line(text: str) -> str:
 
 def run_worker(spec: dict) -> dict:
     """worker(spec) in a fresh process; RunFailed with the error's last line if it fails."""
-    proc = subprocess.run([sys.executable, "-m", "engine.tools.bench", "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", json.dumps(spec)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RunFailed(_last_line(proc.stderr))
@@ -149,7 +149,7 @@ def check_peer(system: str, model: str, options: dict) -> None:
     elif system == "ctranslate2":
         _require("ctranslate2", system)
     elif system == "openvino":
-        from engine.tools import bench_openvino
+        from . import bench_openvino
         bench_openvino.check_installed(model, options.get("openvino_export_python") or sys.executable)
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(PEERS)}")
@@ -160,7 +160,7 @@ def prepare_peer(system: str, model: str, options: dict) -> dict:
     if system == "ctranslate2":
         return _prepare_ctranslate2(model)
     if system == "openvino":
-        from engine.tools import bench_openvino
+        from . import bench_openvino
         try:
             ov_dir = bench_openvino.export(model, options.get("openvino_export_python") or sys.executable)
         except bench_openvino.ExportFailed as e:
@@ -245,8 +245,8 @@ def run_comparison(model: str, engine_kwargs: dict, concurrency: list[int], prom
         raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     if not isinstance(background_load, int) or background_load < 0:
         raise ValueError(f"background_load must be an integer >= 0, got {background_load!r}")
-    from engine.config import load_config
-    from engine.tokenizer import Tokenizer
+    from ..config import load_config
+    from ..tokenizer import Tokenizer
 
     config = load_config(Path(model))
     if prompt_len + max_tokens > config.max_position_embeddings:

@@ -23,9 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.tools import BENCH_EXTRA
-from engine.tools.bench_bytes import Storage, sequence_bytes
-from engine.tools.bench_peers import PromptSets, time_runs
+from . import BENCH_EXTRA
+from .bench_bytes import Storage, sequence_bytes
+from .bench_peers import PromptSets, time_runs
 
 PIP_COMMAND = BENCH_EXTRA
 PRECISIONS = ("auto", "f32", "bf16")
@@ -131,7 +131,7 @@ def _pipeline(spec: dict, num_requests: int, properties: dict, kv_storage: Stora
             result = pipe.generate(ov.Tensor(np.array(batch, dtype=np.int64)), config(n))
             return result.tokens, _ttft_s([result])
         return generate_one, "LLMPipeline"
-    from engine.config import load_config
+    from ..config import load_config
     longest = spec["prompt_len"] + spec["max_tokens"]
     cache_bytes = num_requests * sequence_bytes(load_config(spec["model"]), kv_storage, longest)
     sched = ov_genai.SchedulerConfig()

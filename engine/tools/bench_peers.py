@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from engine.layers.int4 import GROUP_SIZE as INT4_GROUP_SIZE
-from engine.tools import BENCH_EXTRA, bench_load
-from engine.tools.bench_bytes import Storage
+from ..layers.int4 import GROUP_SIZE as INT4_GROUP_SIZE
+from . import BENCH_EXTRA, bench_load
+from .bench_bytes import Storage
 
 # Prompt sets of one configuration: "warm" (warm-up), "prefill" (one new token), "full" (timed).
 PromptSets = dict[str, list[list[int]]]
@@ -57,7 +57,7 @@ def _engine_kwargs(spec: dict, prompts: PromptSets) -> dict:
 def run_codeinfer(spec: dict, prompts: PromptSets) -> dict:
     """codeinfer's engine loop. It streams, so TTFT is read inside the timed run: the moment every
     request of the batch has its first token (what a peer's one-token run measures)."""
-    from engine import LLM, SamplingParams
+    from .. import LLM, SamplingParams
 
     engine = LLM(**_engine_kwargs(spec, prompts)).engine
     first_token_at = []

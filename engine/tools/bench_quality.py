@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from engine.layers.attention import AttentionMetadata
+from ..layers.attention import AttentionMetadata
 
 ENGINE_DIR = Path(__file__).resolve().parents[1]
 SOURCES = ("worker/sampler.py", "core/scheduler.py", "core/block_manager.py", "tokenizer.py",
@@ -50,7 +50,7 @@ def agreement(model: str | None, dtypes: list[str], num: int = 8, length: int = 
     """{dtype: fraction of positions whose argmax equals fp32's} over the fixed prompts; the
     compared dtypes prefill in chunks of `chunk` tokens (0: whole prompts) with a KV cache of
     kv_cache_dtype (the fp32 reference keeps an fp32 cache)."""
-    from engine.core.llm_engine import LLMEngine
+    from ..core.llm_engine import LLMEngine
 
     kv_blocks = -(-length // 16) + 1
     ref = LLMEngine(model=model, dtype="float32", num_kv_blocks=kv_blocks)

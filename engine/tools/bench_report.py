@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from engine.tools import BENCH_EXTRA
+from . import BENCH_EXTRA
 
 # Per-round figures a row reports as the median over its rounds.
 MEDIAN_FIELDS = ("ttft_ms", "itl_ms", "decode_gbs", "pct_of_read", "read_gbs", "copy_gbs")

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import read_json_object
+from ..config import read_json_object
 
 # Markers that end a sample: the model starting the next training example, or end of text.
 STOP_MARKERS = ("<NME>", "<BEF>", "<MSG>", "<DFF>", "<|endoftext|>")

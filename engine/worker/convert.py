@@ -21,8 +21,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from engine.config import BIN_WEIGHTS, MAX_JSON_BYTES, checkpoint_files, read_json_object
-from engine.worker.weights import SINGLE_FILE, progress_bar
+from ..config import BIN_WEIGHTS, MAX_JSON_BYTES, checkpoint_files, read_json_object
+from .weights import SINGLE_FILE, progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import logging
 import psutil
 import torch
 
-from engine.config import CacheConfig, ModelConfig
+from .. import kernel_package
+from ..config import CacheConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, ops) -> torch.dtype:
         return dtype
     if name != "int8":
         raise ValueError(f"kv_cache_dtype must be 'auto' or 'int8', got {name!r}")
-    if ops.__name__ == "kernels.triton":
+    if ops.__name__ == f"{kernel_package.PACKAGE}.triton":
         raise ValueError("kv_cache_dtype 'int8' runs on the CPU kernels (attention_backend 'cpu' or "
                          "'torch'), not on Triton")
     return torch.int8

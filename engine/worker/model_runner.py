@@ -9,16 +9,17 @@ from pathlib import Path
 
 import torch
 
-from engine.config import CacheConfig, ModelConfig
-from engine.core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
-from engine.core.sequence import Request, Sequence
-from engine.layers.attention import AttentionMetadata
-from engine.layers.bf16 import pack_linears
-from engine.layers.int4 import quantize_linears_int4
-from engine.layers.quant import quantize_linears
-from engine.worker.kv_cache import KVCache
-from engine.worker.sampler import SampleResult, sample, token_logprobs, verify
-from engine.worker.weights import load_model, release_freed_memory
+from .. import kernel_package
+from ..config import CacheConfig, ModelConfig
+from ..core.sched_output import ModelRunnerOutput, ScheduledSeq, SchedulerOutput
+from ..core.sequence import Request, Sequence
+from ..layers.attention import AttentionMetadata
+from ..layers.bf16 import pack_linears
+from ..layers.int4 import quantize_linears_int4
+from ..layers.quant import quantize_linears
+from .kv_cache import KVCache
+from .sampler import SampleResult, sample, token_logprobs, verify
+from .weights import load_model, release_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +81,17 @@ def select_ops(name: str, device: torch.device):
     if name == "auto":
         name = "triton" if device.type == "cuda" else "cpu"
     if name == "torch":
-        from kernels import reference
-        return reference
+        return kernel_package.reference
     if name == "cpu":
         if device.type != "cpu":
             raise ValueError(f"attention_backend 'cpu' runs the C++ CPU kernels; device is {device}")
-        from kernels import cpu
-        return cpu
+        return kernel_package.load("cpu")
     if name == "triton":
         try:
-            from kernels import triton as triton_ops
+            triton_ops = kernel_package.load("triton")
         except ImportError as e:
             raise ValueError(f"attention_backend 'triton' needs the triton package: {e}") from None
-        # Triton fixes interpreter-or-compiler mode when kernels.triton is first imported.
+        # Triton fixes interpreter-or-compiler mode when its kernels module is first imported.
         if device.type != "cuda" and not triton_ops.INTERPRETED:
             raise ValueError("attention_backend 'triton' needs a CUDA device; on the CPU it runs "
                              "only under the Triton interpreter (TRITON_INTERPRET=1 set before "

@@ -7,7 +7,7 @@ extended by the tokens appended since its last lookup: a lookup costs a few dict
 long the prompt is, not a scan of it."""
 from __future__ import annotations
 
-from engine.core.sequence import Sequence
+from ..core.sequence import Sequence
 
 
 class NgramIndex:

@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from engine.core.sequence import Sequence
-from kernels.reference import argmax_logsumexp
+from ..core.sequence import Sequence
+from ..kernel_package import reference
 
 RowStats = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # logits -> (argmax, logsumexp)
 
@@ -75,7 +75,7 @@ def _check_finite(probs: torch.Tensor, seqs: list[Sequence]) -> None:
         raise FloatingPointError(f"non-finite sampling probabilities for request(s) {ids}")
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], row_stats: RowStats = argmax_logsumexp) -> SampleResult:
+def sample(logits: torch.Tensor, seqs: list[Sequence], row_stats: RowStats = reference.argmax_logsumexp) -> SampleResult:
     """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf). row_stats: the
     backend's argmax_logsumexp (kernels.reference's by default)."""
     return verify(logits, seqs, [[] for _ in seqs], row_stats)[0]
@@ -90,7 +90,7 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
 
 
 def verify(logits: torch.Tensor, seqs: list[Sequence], drafts: list[list[int]],
-           row_stats: RowStats = argmax_logsumexp) -> tuple[SampleResult, list[Sequence]]:
+           row_stats: RowStats = reference.argmax_logsumexp) -> tuple[SampleResult, list[Sequence]]:
     """Sample each sequence's next tokens, verifying its drafts. logits: [rows, vocab] fp32, for
     sequence i 1 + len(drafts[i]) consecutive rows, row j the distribution after drafts[i][:j].
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from engine.config import ModelConfig, read_json_object
-from engine.models import MODEL_REGISTRY
+from ..config import ModelConfig, read_json_object
+from ..models import MODEL_REGISTRY
 
 # safetensors dtype names -> torch dtypes (the ones checkpoints of these models use).
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,

@@ -13,9 +13,8 @@ def test_triton_kernels_compile_for_gpu(tmp_path):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from a cache
-    script = Path(__file__).with_name("triton_compile_check.py")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).parents[2])
+    proc = subprocess.run([sys.executable, "-m", "tests.kernels.triton_compile_check"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     lines = [line for line in proc.stdout.splitlines() if " OK" in line or " FAILED " in line]
     if proc.returncode != 0 and not lines:
         pytest.fail(f"compile check crashed:\n{proc.stderr[-3000:]}")

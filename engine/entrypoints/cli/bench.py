@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from engine.engine_args import EngineArgs
-from engine.tools import BENCH_EXTRA
-from engine.tools.bench_workloads import WORKLOADS
+from ...engine_args import EngineArgs
+from ...tools import BENCH_EXTRA
+from ...tools.bench_workloads import WORKLOADS
 
 PEERS = ("transformers", "ctranslate2", "openvino")
 QUALITY_CHUNKS = ((0, "whole-prompt prefill"), (8, "8-token chunks"), (32, "32-token chunks"))
@@ -80,7 +80,7 @@ def register(subparsers) -> None:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before the runs, not after them: what --plot imports, and that --json and --plot name files
     in folders that can be written."""
-    from engine.tools import bench_report
+    from ...tools import bench_report
 
     if args.plot:
         bench_report.check_plotting()
@@ -91,9 +91,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.core.llm_engine import default_model_dir
-    from engine.hub import resolve_model
-    from engine.tools import bench, bench_report
+    from ...core.llm_engine import default_model_dir
+    from ...hub import resolve_model
+    from ...tools import bench, bench_report
 
     if args.prompt_len < 1 or args.max_tokens < 2 or args.background_load < 0:
         raise ValueError("--prompt-len must be >= 1, --max-tokens >= 2 and --background-load >= 0")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                                   repeat=args.repeat, background_load=args.background_load,
                                   options=options, workload=args.workload)
     if args.quality:
-        from engine.tools.bench_quality import agreement
+        from ...tools.bench_quality import agreement
         dtypes = [d.strip() for d in args.quality.split(",")]
         # Whole prompts, then 8- and 32-token chunks (chunked prefill reads its own keys back
         # from the cache).

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.worker.convert import convert_bin_to_safetensors
+    from ...worker.convert import convert_bin_to_safetensors
 
     for path in convert_bin_to_safetensors(args.src, args.dst):
         print(path)

@@ -9,8 +9,8 @@ import stat
 import sys
 import tempfile
 
-from engine.engine_args import json_object
-from engine.tools.diff import STOP_MARKERS, apply_diff, build_prompt, extract_candidates, is_diff_model
+from ...engine_args import json_object
+from ...tools.diff import STOP_MARKERS, apply_diff, build_prompt, extract_candidates, is_diff_model
 
 _COLORS = {"+": "\033[32m", "-": "\033[31m", "@": "\033[36m", "header": "\033[1m"}
 _RESET = "\033[0m"
@@ -58,7 +58,7 @@ def check_diff_model(args: argparse.Namespace) -> None:
 
 def sample_diffs(prompt: str, args: argparse.Namespace) -> list[str]:
     """Raw model outputs: args.samples samples of one prompt (they share its KV blocks)."""
-    from engine import LLM, SamplingParams
+    from ... import LLM, SamplingParams
 
     check_diff_model(args)
     llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed,

@@ -3,10 +3,10 @@ import argparse
 import json
 import sys
 
-from engine.tools.humaneval import evaluate, get_preset, read_problems, read_samples, write_samples
-from engine.tools.humaneval.isolation import IsolationUnavailable
-from engine.tools.humaneval.presets import PRESETS
-from engine.tools.humaneval.sandbox import DEFAULT_TIMEOUT, check_isolation
+from ...tools.humaneval import evaluate, get_preset, read_problems, read_samples, write_samples
+from ...tools.humaneval.isolation import IsolationUnavailable
+from ...tools.humaneval.presets import PRESETS
+from ...tools.humaneval.sandbox import DEFAULT_TIMEOUT, check_isolation
 
 
 def register(subparsers) -> None:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         samples = read_samples(args.samples) if args.samples else None
         llm = None
         if samples is None:
-            from engine import LLM
+            from ... import LLM
             llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed)
         if args.unsafe_no_isolation:
             print("codeinfer eval: warning: --unsafe-no-isolation: model output runs with your "

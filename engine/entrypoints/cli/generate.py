@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.engine_args import EngineArgs
+from ...engine_args import EngineArgs
 
 
 def register(subparsers) -> None:
@@ -25,8 +25,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import LLM, SamplingParams
-    from engine.core.llm_engine import LLMEngine
+    from ... import LLM, SamplingParams
+    from ...core.llm_engine import LLMEngine
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,

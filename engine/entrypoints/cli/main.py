@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.version import __version__
+    from ...version import __version__
 
     parser = _Parser(
         prog="codeinfer",
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"codeinfer {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"engine.entrypoints.cli.{name}").register(subparsers)
+        importlib.import_module(f".{name}", __package__).register(subparsers)
     return parser
 
 

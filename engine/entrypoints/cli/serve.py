@@ -12,8 +12,8 @@ import logging
 import signal
 import sys
 
-from engine.engine_args import EngineArgs
-from engine.entrypoints.replicas.options import ReplicaOptions
+from ...engine_args import EngineArgs
+from ..replicas.options import ReplicaOptions
 
 logger = logging.getLogger("codeinfer.serve")
 
@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from engine.core.llm_engine import LLMEngine
-    from engine.entrypoints.async_engine import AsyncLLM
-    from engine.entrypoints.server import build_app
-    from engine.entrypoints.server.drain import DrainingServer
+    from ...core.llm_engine import LLMEngine
+    from ..async_engine import AsyncLLM
+    from ..server import build_app
+    from ..server.drain import DrainingServer
 
     try:
         engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
@@ -114,21 +114,21 @@ def run(args: argparse.Namespace) -> int:
 def _run_replicas(args: argparse.Namespace, local: bool) -> int:
     """Engine replicas on Ray Serve behind the same app; fails at once without the extra.
     local: start a Ray instance on loopback (else join --ray-address)."""
-    from engine.entrypoints.replicas import require_ray
+    from ..replicas import require_ray
 
     try:
         require_ray(loopback=local)
     except ImportError as exc:
         print(f"error: --num-replicas / --ray-address need Ray Serve: {exc}", file=sys.stderr)
         return 2
-    from engine.entrypoints.replicas.launch import run_replicas
+    from ..replicas.launch import run_replicas
 
     return run_replicas(args, app_options(args))
 
 
 def app_options(args: argparse.Namespace) -> dict:
     """build_app's keyword arguments from the command line."""
-    from engine.entrypoints.server.logs import STATS_INTERVAL_S
+    from ..server.logs import STATS_INTERVAL_S
 
     return {"api_key": args.api_key, "shutdown_timeout": args.shutdown_timeout,
             "log_requests": not args.disable_log_requests,

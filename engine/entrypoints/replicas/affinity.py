@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from engine.core.block_manager import block_hash
+from ...core.block_manager import block_hash
 
 
 def prefix_key(token_ids: list[int], modality: list[int] | None, block_size: int,

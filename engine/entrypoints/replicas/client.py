@@ -14,8 +14,8 @@ import collections
 import logging
 from functools import partial
 
-from engine.entrypoints.async_engine import EngineClosed, EngineError, QueueFull
-from engine.entrypoints.replicas.stats import STATS_PERIOD_S, summed
+from ..async_engine import EngineClosed, EngineError, QueueFull
+from .stats import STATS_PERIOD_S, summed
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from engine.engine_args import EngineArgs
-from engine.entrypoints.replicas.options import ReplicaOptions
-from engine.entrypoints.replicas.replica import EngineReplica
-from engine.entrypoints.replicas.router import PrefixAffinityRouter
-from engine.entrypoints.replicas.stats import ReplicaCollector, StatsBoard, board_name
+from ...engine_args import EngineArgs
+from .options import ReplicaOptions
+from .replica import EngineReplica
+from .router import PrefixAffinityRouter
+from .stats import ReplicaCollector, StatsBoard, board_name
 
 APP_NAME = "codeinfer"
 # Requests the ingress relays at once: far above what the replicas run, so the replicas'
@@ -30,8 +30,8 @@ _INGRESS_MAX_ONGOING = 4096
 @serve.ingress()
 class Ingress:
     def __init__(self, engine_handle, engine_args: dict, app_options: dict, max_queue: int):
-        from engine.core.frontend import EngineFrontend
-        from engine.entrypoints.replicas.client import ReplicaClient
+        from ...core.frontend import EngineFrontend
+        from .client import ReplicaClient
 
         app_name = serve.get_replica_context().app_name
         # Owned by this actor, so it lives and dies with the ingress; replicas look it up.
@@ -42,7 +42,7 @@ class Ingress:
         self.app_options = app_options
 
     def __serve_build_asgi_app__(self):
-        from engine.entrypoints.server import build_app
+        from ..server import build_app
 
         app = build_app(self.client, **self.app_options)
         app.state.metrics.registry.register(ReplicaCollector(self.client))

@@ -13,8 +13,8 @@ import signal
 import threading
 import time
 
-from engine.engine_args import EngineArgs
-from engine.entrypoints.replicas.options import ReplicaOptions
+from ...engine_args import EngineArgs
+from .options import ReplicaOptions
 
 logger = logging.getLogger("codeinfer.serve")
 
@@ -31,7 +31,7 @@ def run_replicas(args, app_options: dict) -> int:
     import ray
     from ray import serve
 
-    from engine.entrypoints.replicas.deployment import APP_NAME, build_application
+    from .deployment import APP_NAME, build_application
 
     options = ReplicaOptions.from_cli_args(args)
     engine_args = EngineArgs.from_cli_args(args)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-from engine.engine_args import EngineArgs
-from engine.entrypoints.async_engine import AsyncLLM, EngineClosed, EngineError, QueueFull
-from engine.entrypoints.replicas.stats import STATS_PERIOD_S, board_name
+from ...engine_args import EngineArgs
+from ..async_engine import AsyncLLM, EngineClosed, EngineError, QueueFull
+from .stats import STATS_PERIOD_S, board_name
 
 
 def error_kind(exc: BaseException) -> str:
@@ -37,7 +37,7 @@ class EngineReplica:
     async def __init__(self, engine_args: dict, max_waiting: int):
         from ray import serve
 
-        from engine.core.llm_engine import LLMEngine
+        from ...core.llm_engine import LLMEngine
 
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from engine.entrypoints.replicas.affinity import prefix_key, rank_by_affinity
+from .affinity import prefix_key, rank_by_affinity
 
 
 class PrefixAffinityRouter(RequestRouter):

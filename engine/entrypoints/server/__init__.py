@@ -1,5 +1,5 @@
 """OpenAI-compatible HTTP server (FastAPI + uvicorn) over AsyncLLM. The engine core never imports it."""
 
-from engine.entrypoints.server.app import build_app
+from .app import build_app
 
 __all__ = ["build_app"]

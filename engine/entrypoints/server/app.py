@@ -16,18 +16,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.entrypoints.server import openapi
-from engine.entrypoints.server.body import BodyReader
-from engine.entrypoints.server.completions import INTERNAL_ERROR, CompletionHandler
-from engine.entrypoints.server.logs import STATS_INTERVAL_S, AccessLogMiddleware, StatLogger
-from engine.entrypoints.server.metrics import CONTENT_TYPE, ServerMetrics
-from engine.entrypoints.server.models import ServedModels
-from engine.entrypoints.server.protocol import (APIError, CompletionRequest, DetokenizeRequest,
+from . import openapi
+from .body import BodyReader
+from .completions import INTERNAL_ERROR, CompletionHandler
+from .logs import STATS_INTERVAL_S, AccessLogMiddleware, StatLogger
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .models import ServedModels
+from .protocol import (APIError, CompletionRequest, DetokenizeRequest,
                                                 DetokenizeResponse, TokenizeRequest,
                                                 TokenizeResponse, error_body, parse_body,
                                                 parse_completion_request)
-from engine.entrypoints.server.tokenization import TokenizationHandler
-from engine.version import __version__
+from .tokenization import TokenizationHandler
+from ...version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import sys
 import pydantic_core
 from fastapi import Request
 
-from engine.entrypoints.server.protocol import APIError
+from .protocol import APIError
 
 logger = logging.getLogger(__name__)
 

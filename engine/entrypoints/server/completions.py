@@ -17,11 +17,11 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.core.sampling_params import SamplingParams
-from engine.entrypoints.async_engine import EngineClosed, EngineError, QueueFull
-from engine.entrypoints.server.metrics import ServerMetrics
-from engine.entrypoints.server.models import ServedModels
-from engine.entrypoints.server.protocol import APIError, CompletionRequest, error_body
+from ...core.sampling_params import SamplingParams
+from ..async_engine import EngineClosed, EngineError, QueueFull
+from .metrics import ServerMetrics
+from .models import ServedModels
+from .protocol import APIError, CompletionRequest, error_body
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from engine.entrypoints.server.protocol import APIError
+from .protocol import APIError
 
 
 class ServedModels:

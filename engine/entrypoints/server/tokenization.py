@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from engine.entrypoints.server.models import ServedModels
-from engine.entrypoints.server.protocol import (APIError, DetokenizeRequest, DetokenizeResponse,
+from .models import ServedModels
+from .protocol import (APIError, DetokenizeRequest, DetokenizeResponse,
                                                 TokenizeRequest, TokenizeResponse)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from engine.codeclm import DEDENT, DUP, EOT, INDENT, NEW_LINE, linearised_to_source
+from ...codeclm import DEDENT, DUP, EOT, INDENT, NEW_LINE, linearised_to_source
 
 BEGIN, COMMENTS, PYTHON = "<|beginoftext|>", "<comments>", "<python>"
 

@@ -7,16 +7,16 @@ from collections import defaultdict
 
 from tqdm import tqdm
 
-from engine.tools.humaneval import sandbox
-from engine.tools.humaneval.metrics import mean_pass_at_k
-from engine.tools.humaneval.presets import Preset
-from engine.tools.humaneval.problems import STOP_SEQUENCES, check_program, truncate_completion
+from . import sandbox
+from .metrics import mean_pass_at_k
+from .presets import Preset
+from .problems import STOP_SEQUENCES, check_program, truncate_completion
 
 
 def generate_samples(llm, problems: list, preset: Preset, temperature: float,
                      seed: int | None = None, show_progress: bool = True) -> list:
     """[{"task_id", "completion"}] for preset.n samples of every problem, truncated at the stops."""
-    from engine import SamplingParams
+    from ... import SamplingParams
 
     params = SamplingParams(n=preset.n, temperature=temperature, top_p=preset.top_p,
                             max_tokens=preset.max_tokens, stop=list(STOP_SEQUENCES), seed=seed)

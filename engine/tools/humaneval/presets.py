@@ -9,7 +9,7 @@ replaces them.
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from engine.tools.humaneval import codeclm
+from . import codeclm
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from engine.tools.humaneval import _child, isolation
+from . import _child, isolation
 
 DEFAULT_TIMEOUT = 3.0
 DEFAULT_MEMORY_BYTES = 1 << 30
