@@ -75,7 +75,8 @@ def _check_finite(probs: torch.Tensor, seqs: list[Sequence]) -> None:
         raise FloatingPointError(f"non-finite sampling probabilities for request(s) {ids}")
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], row_stats: RowStats = reference.argmax_logsumexp) -> SampleResult:
+def sample(logits: torch.Tensor, seqs: list[Sequence],
+           row_stats: RowStats = reference.argmax_logsumexp) -> SampleResult:
     """logits: [rows, vocab] fp32, one row per sequence (masked ids already -inf). row_stats: the
     backend's argmax_logsumexp (kernels.reference's by default)."""
     return verify(logits, seqs, [[] for _ in seqs], row_stats)[0]
