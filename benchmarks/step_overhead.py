@@ -19,9 +19,10 @@ import time
 import torch
 
 from engine import LLM, SamplingParams
-from kernels import cpu
+from kernels import cpu, cpu_linear
 
-_OPS = ("gated_embedding", "rotary_store_kv", "paged_attention", "int8_linear", "bf16_linear")
+_OPS = ("gated_embedding", "rotary_store_kv", "paged_attention", "int8_linear", "bf16_linear",
+        "int4_linear")
 
 
 class _NoOps:
@@ -53,7 +54,7 @@ def measure(llm: LLM, requests: int, context: int, steps: int) -> tuple[float, f
     for no_ops in (False, True):
         real_ops, real_logits = cpu._cpu, model.compute_logits
         if no_ops:
-            cpu._cpu = _NoOps(real_ops)
+            cpu._cpu = cpu_linear._cpu = _NoOps(real_ops)
             # zeros, not whatever torch.empty held: reductions over garbage can be very slow
             model.compute_logits = lambda hidden: torch.zeros(hidden.shape[0], vocab)
         try:
@@ -68,7 +69,8 @@ def measure(llm: LLM, requests: int, context: int, steps: int) -> tuple[float, f
             while engine.has_unfinished_requests():
                 engine.step()
         finally:
-            cpu._cpu, model.compute_logits = real_ops, real_logits
+            cpu._cpu = cpu_linear._cpu = real_ops
+            model.compute_logits = real_logits
     return results[0], results[1]
 
 
