@@ -3,10 +3,12 @@
 // once per layer (cache, weights), and a call passes its rows' pointers and sizes.
 #include <pybind11/pybind11.h>
 
+#include "layer_program.h"
 #include "ops.h"
 
 namespace py = pybind11;
 using codeinfer::AttentionArgs;
+using codeinfer::LayerProgram;
 using codeinfer::PackedLinearArgs;
 using codeinfer::QuantPackArgs;
 using codeinfer::QuantizeArgs;
@@ -112,4 +114,29 @@ PYBIND11_MODULE(_cpu, m) {
           py::arg("act_start"), py::arg("dtype"), py::arg("out_dtype"));
   m.def("argmax_logsumexp", &codeinfer::argmax_logsumexp, py::call_guard<py::gil_scoped_release>(),
         py::arg("logits"), py::arg("argmax"), py::arg("lse"), py::arg("rows"), py::arg("vocab"), py::arg("stride"));
+
+  // A model's decoder layers as one call per step (csrc/layer_program.h; built by kernels/cpu_program.py).
+  py::class_<LayerProgram>(m, "LayerProgram")
+      .def(py::init<>())
+      .def("add_buffer", &LayerProgram::add_buffer, py::arg("width"), py::arg("dtype"))
+      .def("add_linear", &LayerProgram::add_linear, py::arg("args"), py::arg("kernel"), py::arg("dtype"),
+           py::arg("out_dtype"), py::arg("src"), py::arg("src_col"), py::arg("dst"), py::arg("residual"),
+           py::arg("act_start"))
+      .def("add_store_kv", &LayerProgram::add_store_kv, py::arg("args"), py::arg("dtype"), py::arg("cache_dtype"),
+           py::arg("src"), py::arg("q_col"), py::arg("k_col"), py::arg("v_col"), py::arg("num_heads"))
+      .def("add_attend", &LayerProgram::add_attend, py::arg("args"), py::arg("dtype"), py::arg("cache_dtype"),
+           py::arg("src"), py::arg("q_col"), py::arg("num_heads"), py::arg("dst"))
+      .def_property_readonly("num_ops", &LayerProgram::num_ops)
+      .def(
+          "run",
+          [](LayerProgram& program, uintptr_t x, uintptr_t positions, uintptr_t slot_mapping, uintptr_t block_tables,
+             uintptr_t seq_lens, uintptr_t cu_seqlens_q, int64_t num_tokens, int64_t num_seqs,
+             int64_t max_blocks_per_seq) {
+            codeinfer::ProgramStep s;
+            s.x = x, s.positions = positions, s.slot_mapping = slot_mapping, s.block_tables = block_tables;
+            s.seq_lens = seq_lens, s.cu_seqlens_q = cu_seqlens_q;
+            s.num_tokens = num_tokens, s.num_seqs = num_seqs, s.max_blocks_per_seq = max_blocks_per_seq;
+            program.run(s);
+          },
+          py::call_guard<py::gil_scoped_release>());
 }

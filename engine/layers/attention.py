@@ -68,6 +68,12 @@ class PagedAttention(nn.Module):
         self._attend = self.ops.bind_paged_attention(self.k_cache, self.v_cache, self.scale, self.window, **scales)
         self._bound_cos_sin = cos_sin
 
+    def bound_ops(self, cos_sin: torch.Tensor | None):
+        """(store_kv, attend): the backend's two ops bound to this layer's cache and cos_sin."""
+        if self._store_kv is None or cos_sin is not self._bound_cos_sin:
+            self._bind(cos_sin)
+        return self._store_kv, self._attend
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
                 cos_sin: torch.Tensor | None, last: bool = False) -> torch.Tensor:
         """q, k, v: [num_tokens, num_heads, head_dim], dense last dim (views of the fused qkv are

@@ -61,15 +61,20 @@ class PackedLinearBase(nn.Module):
         """x: [..., in] -> [..., out] through the bound op (see Int8Linear.forward)."""
         shape = x.shape
         x = x.reshape(-1, self.in_features)
-        bound = self._bound.get((x.dtype, norm))
-        if bound is None:
-            bound = self._bound[(x.dtype, norm)] = self._bind_for(x.dtype, norm)
-        op, out_dtype = bound
+        op, out_dtype = self.bound(x.dtype, norm)
         if residual is not None:
             residual = residual.reshape(-1, self.out_features)
             if residual.dtype != out_dtype:
                 residual = residual.to(out_dtype)
         return op(x, residual, act_start).view(*shape[:-1], self.out_features)
+
+    def bound(self, x_dtype: torch.dtype, norm: nn.LayerNorm | None = None):
+        """(op, out_dtype): the backend's linear bound for inputs of x_dtype (through norm), bound on
+        first use and kept; op(x, residual, act_start) -> [rows, out_features]."""
+        bound = self._bound.get((x_dtype, norm))
+        if bound is None:
+            bound = self._bound[(x_dtype, norm)] = self._bind_for(x_dtype, norm)
+        return bound
 
     def _bind_for(self, x_dtype: torch.dtype, norm: nn.LayerNorm | None):
         out_dtype = self.out_dtype or x_dtype

@@ -11,6 +11,7 @@ from ..config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_ROTARY_TA
                            ConfigFields, ModelConfig)
 from ..layers.attention import AttentionMetadata, SelfAttention
 from ..layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, embedding, logits_fp32, project
+from ..layers.program import DecoderProgram
 from ..kernel_package import reference
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are QKV_CHUNKS chunks of
@@ -117,6 +118,7 @@ class CodeGenForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.tie_weights()
         self.cos_sin: torch.Tensor | None = None  # [max_positions, rotary_dim] fp32, see post_load
+        self.program = DecoderProgram(ops, self._record_program)  # the layers as one C++ call
 
     def map_weight(self, name: str):
         if self.IGNORED.match(name):
@@ -145,9 +147,42 @@ class CodeGenForCausalLM(nn.Module):
         """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden], or of the rows
         meta.last_rows when set (ln_f is applied by compute_logits)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, None, meta.positions)
+        program = self.program.get(x.dtype) if meta.last_rows is None else None
+        if program is not None:
+            return program(x, meta.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q)
         for i, layer in enumerate(self.layers):
             x = layer(x, meta, self.cos_sin, last=meta.last_rows is not None and i == len(self.layers) - 1)
         return x
+
+    def _record_program(self, cpu_program, dtype: torch.dtype):
+        """Each layer as CodeGenBlock.forward runs it with merged projections, over three buffers:
+        y = in_proj(ln_1(x)) [q | k | v | gelu(fc_in)], a = attention, x1 = x + out_proj(a), and
+        x = x1 + fc_out(y's fc_in columns). None when a layer's ops are not all packed C++ ones."""
+        c, program = self.config, self.program
+        h = c.hidden_size
+        layers = self.layers
+        if any(layer.in_proj is None for layer in layers):
+            return None
+        prog = cpu_program.LayerProgram(h, dtype)
+        qkv_width = layers[0].qkv_width
+        y = prog.buffer(qkv_width + c.intermediate_size, dtype)
+        a, x1 = prog.buffer(h, dtype), prog.buffer(h, dtype)
+        watched = []
+        for layer in layers:
+            linears = (layer.in_proj, layer.attn.out_proj, layer.mlp.fc_out)
+            in_proj, out_proj, fc_out = (program.packed(linears[0], dtype, layer.ln_1),
+                                         program.packed(linears[1], dtype), program.packed(linears[2], dtype))
+            attention = program.attention(layer.attn.attn, self.cos_sin)
+            if None in (in_proj, out_proj, fc_out, attention):
+                return None
+            prog.linear(in_proj, src=0, dst=y, act_start=qkv_width)
+            prog.store_kv(attention[0], y, c.num_heads, q_col=0, k_col=h, v_col=2 * h)
+            prog.attend(attention[1], y, c.num_heads, q_col=0, dst=a)
+            prog.linear(out_proj, src=a, dst=x1, residual=0)
+            prog.linear(fc_out, src=y, dst=0, residual=x1, src_col=qkv_width)
+            watched += [(linear, "_bound") for linear in linears]
+            watched += [(layer.attn.attn, "_store_kv"), (layer.attn.attn, "_attend")]
+        return prog, watched
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] (the residual stream of forward) -> fp32 logits of ln_f then lm_head."""

@@ -10,7 +10,8 @@ from torch import nn
 from ..config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigFields,
                            ModelConfig)
 from ..layers.attention import AttentionMetadata, SelfAttention
-from ..layers.linear import ACTIVATIONS, MLP, embedding, logits_fp32
+from ..layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, embedding, logits_fp32
+from ..layers.program import DecoderProgram
 
 
 def _attention_kinds(f: ConfigFields, num_layers: int) -> list[str]:
@@ -95,6 +96,7 @@ class GPTNeoForCausalLM(nn.Module):
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
+        self.program = DecoderProgram(ops, self._record_program)  # the layers as one C++ call
 
     def map_weight(self, name: str):
         """(local name, shard) for a checkpoint tensor name; None if unknown; () if ignored."""
@@ -121,9 +123,41 @@ class GPTNeoForCausalLM(nn.Module):
         meta.last_rows when set (ln_f is applied by compute_logits, on the sampled rows only)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, self.wpe.weight,
                                      meta.positions)
+        program = self.program.get(x.dtype) if meta.last_rows is None else None
+        if program is not None:
+            return program(x, meta.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q)
         for i, layer in enumerate(self.layers):
             x = layer(x, meta, last=meta.last_rows is not None and i == len(self.layers) - 1)
         return x
+
+    def _record_program(self, cpu_program, dtype: torch.dtype):
+        """Each layer as GPTNeoBlock.forward runs it, over four buffers: qkv = qkv_proj(ln_1(x)),
+        a = attention (windowed on local layers), x1 = x + out_proj(a), m = gelu(fc_in(ln_2(x1))), and
+        x = x1 + fc_out(m). None when a layer's ops are not all packed C++ ones (or gelu unfused)."""
+        c, program = self.config, self.program
+        h = c.hidden_size
+        if c.activation not in FUSED_ACTS:
+            return None
+        prog = cpu_program.LayerProgram(h, dtype)
+        qkv, a, x1 = prog.buffer(3 * h, dtype), prog.buffer(h, dtype), prog.buffer(h, dtype)
+        m = prog.buffer(c.intermediate_size, dtype)
+        watched = []
+        for layer in self.layers:
+            linears = (layer.attn.qkv_proj, layer.attn.out_proj, layer.mlp.fc_in, layer.mlp.fc_out)
+            ops = (program.packed(linears[0], dtype, layer.ln_1), program.packed(linears[1], dtype),
+                   program.packed(linears[2], dtype, layer.ln_2), program.packed(linears[3], dtype))
+            attention = program.attention(layer.attn.attn, None)
+            if None in ops or attention is None:
+                return None
+            prog.linear(ops[0], src=0, dst=qkv)
+            prog.store_kv(attention[0], qkv, c.num_heads, q_col=0, k_col=h, v_col=2 * h)
+            prog.attend(attention[1], qkv, c.num_heads, q_col=0, dst=a)
+            prog.linear(ops[1], src=a, dst=x1, residual=0)
+            prog.linear(ops[2], src=x1, dst=m, act_start=0)
+            prog.linear(ops[3], src=m, dst=0, residual=x1)
+            watched += [(linear, "_bound") for linear in linears]
+            watched += [(layer.attn.attn, "_store_kv"), (layer.attn.attn, "_attend")]
+        return prog, watched
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] (the residual stream of forward) -> fp32 logits of ln_f then lm_head."""
