@@ -223,9 +223,10 @@ def load_model(config: ModelConfig, model_dir: str | Path, ops, dtype: torch.dty
     """Instantiate config.architecture and load its weights in `dtype` on `device`.
 
     prepare_block: called once with each of model.layers as soon as all its weights have arrived
-    (dtype int8 quantises it there), and its float parameters are let go: the pages of a block are
-    only touched when its weights are copied in, so the whole model never sits in memory in `dtype`
-    (CodeGen-16B: 32 GB of bf16 for 16 GB of int8)."""
+    (dtype int8 quantises it there), and likewise with an untied lm_head (in a holder module), and
+    their float parameters are let go: the pages of a block are only touched when its weights are
+    copied in, so the whole model never sits in memory in `dtype` (CodeGen-16B: 32 GB of bf16 for
+    16 GB of int8), nor the float lm_head next to its packed copy."""
     model_dir = Path(model_dir)
     with torch.device("meta"):
         model = MODEL_REGISTRY[config.architecture](config, ops)
@@ -264,23 +265,46 @@ def _read_targets(tensors: dict[str, TensorEntry], targets: dict):
             raise _corrupt(path, e) from None
 
 
+def _unit_of(model: torch.nn.Module, name: str):
+    """The unit a parameter is prepared with: its block (layers.N) or the top-level nn.Linear that
+    holds it (the lm_head); None for the rest (embeddings, final norm), prepared after loading."""
+    first, _, rest = name.partition(".")
+    if first == "layers":
+        return int(rest.split(".")[0])
+    child = getattr(model, first, None)
+    return first if type(child) is torch.nn.Linear else None
+
+
+def _prepare_unit(model: torch.nn.Module, unit, prepare_block) -> None:
+    if isinstance(unit, int):
+        prepare_block(model.layers[unit])
+        return
+    # A top-level linear (the lm_head): prepared inside a holder under its own name, so the lm_head
+    # rules (fp32 logits, int8 under int4) apply, without touching the blocks still loading.
+    holder = torch.nn.Module()
+    holder.add_module(unit, getattr(model, unit))
+    prepare_block(holder)
+    setattr(model, unit, getattr(holder, unit))
+
+
 def _fill(model: torch.nn.Module, named_tensors, targets: dict, prepare_block) -> None:
-    """Copy each (name, tensor) into its parameter; prepare each block whose weights are all in."""
+    """Copy each (name, tensor) into its parameter; prepare each block (and the lm_head) whose
+    weights are all in, and let its float parameters go."""
     params = dict(model.named_parameters())
     # Pieces still to come per parameter: a packed q, k, v of GPT-Neo comes in 3.
     left = Counter(local for local, _ in targets.values())
-    block_of = {name: int(name.split(".")[1]) for name in params if name.startswith("layers.")}
+    unit_of = {name: unit for name in params if (unit := _unit_of(model, name)) is not None}
     for name, tensor in named_tensors:
         local, shard = targets[name]
         _destination(params[local].data, shard).copy_(model.transform_weight(local, tensor))
         left[local] -= 1
-        block = block_of.get(local)
-        if prepare_block is None or block is None or left[local]:
+        unit = unit_of.get(local)
+        if prepare_block is None or unit is None or left[local]:
             continue
-        block_params = [n for n, b in block_of.items() if b == block]
-        if not any(left[n] for n in block_params):  # the block is in: prepare it, drop its floats
+        unit_params = [n for n, u in unit_of.items() if u == unit]
+        if not any(left[n] for n in unit_params):  # the unit is in: prepare it, drop its floats
             del tensor
-            prepare_block(model.layers[block])
-            for n in block_params:
-                del params[n], block_of[n]
+            _prepare_unit(model, unit, prepare_block)
+            for n in unit_params:
+                del params[n], unit_of[n]
             release_freed_memory()
