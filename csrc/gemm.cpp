@@ -225,12 +225,19 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
       }
     }
     for (int m = 0; m < MT; ++m) {
-      alignas(32) int32_t ints[16];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(ints), acc[m][0]);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(ints + 8), acc[m][1]);
-      for (int c = 0; c < 16; ++c) {
-        const int64_t n = p * 16 + c;
-        sums[m][c] = n < g.N ? static_cast<float>(ints[c]) * g.w_scales[n] * g.x_scales[m0 + m] : 0.0f;
+      const __m256 x_scale = _mm256_set1_ps(g.x_scales[m0 + m]);
+      for (int h = 0; h < 2; ++h) {
+        const int64_t n0 = p * 16 + 8 * h;
+        if (n0 + 8 <= g.N) {  // (float(acc) * w_scale) * x_scale, as the edge's scalar loop
+          const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[m][h]), _mm256_loadu_ps(g.w_scales + n0));
+          _mm256_store_ps(sums[m] + 8 * h, _mm256_mul_ps(v, x_scale));
+          continue;
+        }
+        alignas(32) int32_t ints[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(ints), acc[m][h]);
+        for (int c = 0; c < 8; ++c)
+          sums[m][8 * h + c] = n0 + c < g.N ? static_cast<float>(ints[c]) * g.w_scales[n0 + c] * g.x_scales[m0 + m]
+                                            : 0.0f;
       }
     }
   } else {
@@ -255,8 +262,7 @@ void panel_avx2(const G& g, int64_t m0, int64_t p) {
     for (int m = 0; m < MT; ++m)
       for (int h = 0; h < 2; ++h) _mm256_store_ps(sums[m] + 8 * h, acc[m][h]);
   }
-  for (int m = 0; m < MT; ++m)
-    for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) finish(g, m0 + m, p * 16 + c, sums[m][c]);
+  for (int m = 0; m < MT; ++m) packed_linear::finish_panel(g, m0 + m, p * 16, sums[m]);
 }
 
 constexpr bool kSignedRows = true;  // the int8 panels take signed rows (a, not a + 128)

@@ -149,7 +149,7 @@ void tile(const G& g, int64_t m0, int64_t p) {
     alignas(32) float v[16];
     const __m256 x_scale = _mm256_set1_ps(g.x_scales[m0 + m]);
     for (int h = 0; h < 2; ++h) _mm256_store_ps(v + 8 * h, _mm256_mul_ps(acc[m][h], x_scale));
-    for (int64_t c = 0; c < 16 && p * 16 + c < g.N; ++c) packed_linear::finish(g, m0 + m, p * 16 + c, v[c]);
+    packed_linear::finish_panel(g, m0 + m, p * 16, v);
   }
 }
 #else

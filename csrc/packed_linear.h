@@ -51,6 +51,50 @@ inline void finish16(const G& g, int64_t m, int64_t n0, __m512 v) {
   if (g.residual) v = _mm512_add_ps(v, load16(g.residual + m * g.res_stride + n0, mask));
   store16(g.out + m * g.out_stride + n0, v, mask);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const bf16* p) { return simd::load(p); }
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(bf16* p, __m256 v) {  // round to nearest even, NaN kept quiet: from_float<bf16>
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+  // 8 x uint32 (each < 2^16) -> 8 x uint16: packus works per 128-bit lane, the permute joins them.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
+// Columns [n0, n0 + 8) of row m, all below N, from their fp32 values v (before bias): finish's
+// arithmetic on 8 lanes.
+template <typename G>
+inline void finish8(const G& g, int64_t m, int64_t n0, __m256 v) {
+  if (g.bias) v = _mm256_add_ps(v, load8(g.bias + n0));
+  const int64_t first = std::clamp<int64_t>(g.act_start - n0, 0, 8);  // lanes >= first take the gelu
+  if (first < 8) {
+    const __m256 act = simd::gelu_tanh(v);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    v = first == 0 ? act : _mm256_blendv_ps(v, act, _mm256_castsi256_ps(
+                                                         _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(int(first) - 1))));
+  }
+  if (g.residual) v = _mm256_add_ps(v, load8(g.residual + m * g.res_stride + n0));
+  store8(g.out + m * g.out_stride + n0, v);
+}
+
+// The 16 columns of a panel from n0 (v: their fp32 values): 8 lanes at a time where all 8 are below
+// N, element by element at the edge.
+template <typename G>
+inline void finish_panel(const G& g, int64_t m, int64_t n0, const float* v) {
+  for (int64_t h = 0; h < 16; h += 8) {
+    if (n0 + h + 8 <= g.N) {
+      finish8(g, m, n0 + h, _mm256_loadu_ps(v + h));
+    } else {
+      for (int64_t c = h; c < h + 8 && n0 + c < g.N; ++c) finish(g, m, n0 + c, v[c]);
+    }
+  }
+}
 #endif
 
 }  // namespace packed_linear

@@ -134,6 +134,16 @@ inline F exp_neg(F x) {
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// common.h's gelu_tanh on 8 lanes (the AVX2 GEMM epilogue), with its division.
+inline F gelu_tanh(F v) {
+  const F u2 = mul(mul(v, set1(2.0f * 0.7978845608028654f)), fmadd(mul(v, v), set1(0.044715f), set1(1.0f)));
+  const F e = exp_neg(_mm256_or_ps(u2, set1(-0.0f)));  // -|u2|
+  const F negative = _mm256_cmp_ps(u2, _mm256_setzero_ps(), _CMP_LT_OQ);
+  return _mm256_div_ps(mul(v, _mm256_blendv_ps(set1(1.0f), e, negative)), add(e, set1(1.0f)));
+}
+#endif
+
 #if defined(__AVX512F__)
 // common.h's gelu_tanh on 16 lanes (the AVX-512 GEMM epilogue), the reciprocal of 1 + e from rcp14
 // plus one Newton step (~2^-28) instead of a division.

@@ -135,3 +135,15 @@ def test_int8_linear_rejects_bad_inputs(cpu_ops):
         cpu_ops.int8_linear(x, packed, colsum, ws, act_start=-1)
     with pytest.raises(TypeError, match="out_dtype"):
         cpu_ops.int8_linear(x, packed, colsum, ws, out_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("act_start", [None, 0, 21])
+def test_int8_linear_bf16_store_rounds_like_torch(act_start, cpu_ops):
+    # The epilogue's bf16 store (8 or 16 lanes at a time, element by element at a panel's edge)
+    # rounds to nearest even as torch does: the bf16 output is the fp32 output rounded, bit for bit.
+    w, packed, colsum = _weights(96, 50)
+    x = _strided(9, 96, torch.bfloat16, scale=3.0)
+    w_scales = torch.rand(50) / 96
+    fp32 = cpu_ops.int8_linear(x, packed, colsum, w_scales, act_start=act_start, out_dtype=torch.float32)
+    bf16 = cpu_ops.int8_linear(x, packed, colsum, w_scales, act_start=act_start, out_dtype=torch.bfloat16)
+    assert torch.equal(bf16, fp32.to(torch.bfloat16))
