@@ -127,7 +127,7 @@ void prefill_item(const AttentionArgs& a, const WorkItem& w, Scratch& s) {
     for (int64_t r = 0; r < num_rows; ++r)
       for (int64_t g = 0; g < num_group; ++g)
         for (int64_t d = 0; d < dim; ++d) s.qt[(g * dim + d) * kQueryTile + r] = s.q[(r * num_group + g) * dim + d];
-    s.scores.resize((kQueryTile + 1) * bs);
+    s.scores.resize((kQueryTile + 2) * bs + (2 * bs + 3) * dim);  // scores, scales, the block's K and V in fp32
   }
   const int64_t kv_lo = w.h0 / heads_per_kv * dim, kv_hi = ((w.h1 - 1) / heads_per_kv + 1) * dim;
   for (int64_t blk = w.key0 / bs; blk * bs < w.key1; ++blk) {
@@ -280,10 +280,11 @@ void run_items(const AttentionArgs& a, const Plan& p, bool parallel) {
   }
 }
 
-// Common head dims (GPT-Neo/CodeGen-350M 64, CodeGen-2B 80, 128, CodeGen-6B/16B 256) get unrolled code.
+// Common head dims (the bundled model 32, GPT-Neo/CodeGen-350M 64, CodeGen-2B 80, 128, CodeGen-6B/16B 256) get unrolled code.
 template <typename TQ, typename TC>
 void paged_attention_impl(const AttentionArgs& a, const Plan& p, bool parallel) {
   switch (a.head_dim) {
+    case 32: return run_items<TQ, TC, 32>(a, p, parallel);
     case 64: return run_items<TQ, TC, 64>(a, p, parallel);
     case 80: return run_items<TQ, TC, 80>(a, p, parallel);
     case 128: return run_items<TQ, TC, 128>(a, p, parallel);

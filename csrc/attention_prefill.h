@@ -21,10 +21,64 @@ inline void visible_keys(int64_t key0, int64_t n, int64_t pos, int64_t window, i
   hi = std::max(hi, lo);
 }
 
+#if CODEINFER_SIMD
+// acc_i = acc_i * alpha_i + sum_j p_i[j] vf[j] for R rows (vf: [n][kDim] fp32), the keys in order, as
+// accumulate_pv sums them; each value vector is loaded once for the R rows.
+template <int64_t kDim, int R>
+inline void accumulate_rows(const float* const* p, const float* vf, int64_t n, const float* alpha, float* const* acc) {
+  constexpr int64_t W = simd::kWidth, C = kDim / W, kChunk = R == 2 ? 4 : 8;  // R x kChunk sums + loads
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t width = std::min(kChunk, C - c0);
+    simd::F av[R][kChunk];
+    for (int i = 0; i < R; ++i)
+      for (int64_t c = 0; c < width; ++c) av[i][c] = simd::mul(simd::load(acc[i] + W * (c0 + c)), simd::set1(alpha[i]));
+    for (int64_t j = 0; j < n; ++j) {
+      simd::F pj[R];
+      for (int i = 0; i < R; ++i) pj[i] = simd::set1(p[i][j]);
+      const float* vj = vf + j * kDim + W * c0;
+      for (int64_t c = 0; c < width; ++c) {
+        const simd::F x = simd::load(vj + W * c);
+        for (int i = 0; i < R; ++i) av[i][c] = simd::fmadd(pj[i], x, av[i][c]);
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int64_t c = 0; c < width; ++c) simd::store(acc[i] + W * (c0 + c), av[i][c]);
+  }
+}
+#endif
+
+// scores[r * n + j] = (q_r . k_j) * key_scale[j] for the tile's rows r < num_rows: 4 keys at a time
+// against the kQueryTile rows in vectors (qt transposed: qt[d * kQueryTile + r]), so each q vector
+// load serves 4 keys and each key element is one broadcast. kf: [n rounded up to 4][kDim] fp32.
+template <int64_t kDim>
+inline void score_tile(const float* qt, const float* kf, int64_t n, int64_t num_rows, const float* key_scale,
+                       float* scores) {
+  constexpr int64_t W = simd::kWidth, RV = kQueryTile / W;
+  for (int64_t j0 = 0; j0 < n; j0 += 4) {
+    simd::F dot[4][RV];
+    for (int jj = 0; jj < 4; ++jj)
+      for (int64_t rv = 0; rv < RV; ++rv) dot[jj][rv] = simd::set1(0.0f);
+    const float* k0 = kf + j0 * kDim;
+    for (int64_t d = 0; d < kDim; ++d) {
+      simd::F q[RV];
+      for (int64_t rv = 0; rv < RV; ++rv) q[rv] = simd::load(qt + d * kQueryTile + rv * W);
+      for (int jj = 0; jj < 4; ++jj) {
+        const simd::F kd = simd::set1(k0[jj * kDim + d]);
+        for (int64_t rv = 0; rv < RV; ++rv) dot[jj][rv] = simd::fmadd(q[rv], kd, dot[jj][rv]);
+      }
+    }
+    for (int64_t jj = 0; jj < 4 && j0 + jj < n; ++jj) {
+      alignas(64) float rows[kQueryTile];
+      for (int64_t rv = 0; rv < RV; ++rv) simd::store(rows + rv * W, dot[jj][rv]);
+      for (int64_t r = 0; r < num_rows; ++r) scores[r * n + j0 + jj] = rows[r] * key_scale[j0 + jj];
+    }
+  }
+}
+
 // One block (n keys from key0; k and v rows `stride` elements apart) for a tile of num_rows rows of
 // one head. qt is the tile transposed, qt[d * kQueryTile + r] (padding rows 0); row r sits at
 // position pos0 + r; its running max / sum are m[r * state_stride], l[...], its output
-// acc[r * state_stride * dim]. scores: (kQueryTile + 1) * n floats of scratch.
+// acc[r * state_stride * dim]. scores: (kQueryTile + 2) * n + (2 n + 3) * dim floats of scratch.
 template <typename TC, int64_t kDim>
 void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int64_t n, int64_t head_dim,
                  int64_t key0, int64_t pos0, int64_t num_rows, int64_t window, float* m, float* l, float* acc,
@@ -32,6 +86,52 @@ void tile_update(const float* qt, const TC* k, const TC* v, int64_t stride, int6
   constexpr int64_t T = kQueryTile;
   const int64_t dim = kDim > 0 ? kDim : head_dim;
   float* value_scale = scores + T * n;
+#if CODEINFER_SIMD
+  if constexpr (kVectorDim<kDim>) {
+    // The block's keys and values widened to fp32 once (not per row; int8 rows without their scales),
+    // keys padded to a multiple of 4 with zero rows.
+    float* key_scale = value_scale + n;
+    float* vf = key_scale + n;       // [n][kDim]
+    float* kf = vf + n * kDim;       // [n rounded up to 4][kDim]
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t d = 0; d < kDim; d += simd::kWidth) {
+        simd::store(kf + j * kDim + d, simd::load(k + j * stride + d));
+        simd::store(vf + j * kDim + d, simd::load(v + j * stride + d));
+      }
+      key_scale[j] = cs.template k<kDim>(k + j * stride);
+      value_scale[j] = cs.template v<kDim>(v + j * stride);
+    }
+    std::fill(kf + n * kDim, kf + (n + 3) / 4 * 4 * kDim, 0.0f);
+    score_tile<kDim>(qt, kf, n, num_rows, key_scale, scores);
+    // Each row's weights are zero outside its visible keys (fma with 0 leaves a sum as it was), so
+    // two rows walk the same keys and share every value load.
+    int64_t rows[T];
+    float alpha[T];
+    int64_t count = 0;
+    for (int64_t r = 0; r < num_rows; ++r) {
+      int64_t lo, hi;
+      visible_keys(key0, n, pos0 + r, window, lo, hi);
+      if (lo == hi) continue;
+      float* p = scores + r * n;
+      alpha[count] = softmax_block(p + lo, hi - lo, m[r * state_stride], l[r * state_stride]);
+      if constexpr (std::is_same_v<TC, int8_t>)  // fold each value row's scale into its weight
+        for (int64_t j = lo; j < hi; ++j) p[j] *= value_scale[j];
+      std::fill(p, p + lo, 0.0f);
+      std::fill(p + hi, p + n, 0.0f);
+      rows[count++] = r;
+    }
+    for (int64_t i = 0; i < count; i += 2) {
+      const int64_t r1 = rows[std::min(i + 1, count - 1)];
+      const float* p[2] = {scores + rows[i] * n, scores + r1 * n};
+      float* out[2] = {acc + rows[i] * state_stride * dim, acc + r1 * state_stride * dim};
+      if (i + 1 < count)
+        accumulate_rows<kDim, 2>(p, vf, n, alpha + i, out);
+      else
+        accumulate_rows<kDim, 1>(p, vf, n, alpha + i, out);
+    }
+    return;
+  }
+#endif
   for (int64_t j = 0; j < n; ++j) {  // scores[r * n + j] = q_r . k_j
     float dot[T] = {};
     const TC* kj = k + j * stride;
