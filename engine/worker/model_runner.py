@@ -160,7 +160,7 @@ class ModelRunner:
 
     def _prepare(self, items: list[ScheduledSeq]):
         bs = self.block_size
-        input_ids, modality, positions, slots = [], [], [], []
+        input_ids, modality, positions, slots = [], [], [], []  # per token
         cu_seqlens_q, seq_lens, tables = [0], [], []
         for item in items:
             seq, start = item.seq, item.seq.num_computed_tokens
@@ -175,20 +175,19 @@ class ModelRunner:
             seq_lens.append(end)
             tables.append(table)
         width = max(len(t) for t in tables)
-        block_tables = torch.zeros(len(tables), width, dtype=torch.int32)
-        for i, t in enumerate(tables):
-            block_tables[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        num_tokens, num_seqs = len(input_ids), len(items)
+        # Two tensors a step, split into views (a torch.tensor call costs more than its copy here):
+        # int64 ids | modality | positions | slots, and int32 seq_lens | cu_seqlens_q | block tables.
         dev = self.device
-        meta = AttentionMetadata(
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_tables=block_tables.to(dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            cu_seqlens_q=torch.tensor(cu_seqlens_q, dtype=torch.int32, device=dev),
-        )
+        longs = torch.tensor(input_ids + modality + positions + slots, dtype=torch.int64, device=dev)
+        ints = torch.tensor(seq_lens + cu_seqlens_q + [b for t in tables for b in t + [0] * (width - len(t))],
+                            dtype=torch.int32, device=dev)
+        ids, mods, positions_t, slots_t = longs.split(num_tokens)
+        seq_lens_t, cu_t, flat_tables = ints.split([num_seqs, num_seqs + 1, num_seqs * width])
+        meta = AttentionMetadata(positions=positions_t, slot_mapping=slots_t,
+                                 block_tables=flat_tables.view(num_seqs, width), seq_lens=seq_lens_t,
+                                 cu_seqlens_q=cu_t)
         rows = self._select_rows(items, cu_seqlens_q, meta)
-        ids = torch.tensor(input_ids, dtype=torch.int64, device=dev)
-        mods = torch.tensor(modality, dtype=torch.int64, device=dev)
         return ids, mods, meta, rows
 
     def _select_rows(self, items: list[ScheduledSeq], cu_seqlens_q: list[int],
