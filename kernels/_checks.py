@@ -102,6 +102,12 @@ def check_attention_rows(q, block_tables, seq_lens, cu_seqlens_q, num_kv_heads: 
     check_rows(q, "q")
     if num_kv_heads == 0 or q.shape[1] % num_kv_heads:
         raise ValueError(f"q: num_heads={q.shape[1]} is not a multiple of num_kv_heads={num_kv_heads}")
+    check_sequences(block_tables, seq_lens, cu_seqlens_q)
+
+
+def check_sequences(block_tables, seq_lens, cu_seqlens_q) -> None:
+    """A step's per-sequence metadata: block_tables [num_seqs, max_blocks], seq_lens [num_seqs],
+    cu_seqlens_q [num_seqs + 1]."""
     if block_tables.dim() != 2:
         raise ValueError(f"block_tables: expected shape [num_seqs, max_blocks], got {list(block_tables.shape)}")
     num_seqs = block_tables.shape[0]

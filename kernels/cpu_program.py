@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import _cpu
-from ._checks import check_device, check_shape
+from ._checks import check_device, check_sequences
 from .cpu import PagedAttention, RotaryStoreKV, _i32, _i64
 from .cpu_linear import _CPU, _DTYPES, PackedLinear
 
@@ -126,11 +126,7 @@ class LayerProgram:
         for name, t in (("positions", positions), ("slot_mapping", slot_mapping)):
             if t.shape != (num_tokens,):
                 raise ValueError(f"{name}: expected [{num_tokens}], got {list(t.shape)}")
-        if block_tables.dim() != 2:
-            raise ValueError(f"block_tables: expected shape [num_seqs, max_blocks], got {list(block_tables.shape)}")
-        num_seqs = block_tables.shape[0]
-        check_shape(seq_lens, "seq_lens", (num_seqs,))
-        check_shape(cu_seqlens_q, "cu_seqlens_q", (num_seqs + 1,))
+        check_sequences(block_tables, seq_lens, cu_seqlens_q)
         positions, slot_mapping = _i64(positions), _i64(slot_mapping)
         block_tables, seq_lens, cu_seqlens_q = _i32(block_tables), _i32(seq_lens), _i32(cu_seqlens_q)
         self._program.run(x.data_ptr(), positions.data_ptr(), slot_mapping.data_ptr(), block_tables.data_ptr(),
