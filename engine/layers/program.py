@@ -1,8 +1,9 @@
 """A step's decoder layers as one C++ call on the CPU backend (kernels/cpu_program.py).
 
-A small model's decode step is mostly host work: five op calls per layer, each with its Python
-wrapper, checks and output allocation (benchmarks/step_overhead.py). A model records its layers once
-into a LayerProgram, from the ops the layers have already bound, and a step then makes one call.
+A small model's decode step is mostly host work: five or six op calls per layer, each with its
+Python wrapper, checks and output allocation (benchmarks/step_overhead.py). A model records its
+layers once into a LayerProgram, from the ops the layers have already bound, and a step then makes
+one call.
 The ops and their argument templates are the ones the layer-by-layer path runs, so both paths give
 bit-identical results (tests/layers/test_program.py).
 
