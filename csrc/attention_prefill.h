@@ -45,7 +45,6 @@ inline void accumulate_rows(const float* const* p, const float* vf, int64_t n, c
       for (int64_t c = 0; c < width; ++c) simd::store(acc[i] + W * (c0 + c), av[i][c]);
   }
 }
-#endif
 
 // scores[r * n + j] = (q_r . k_j) * key_scale[j] for the tile's rows r < num_rows: 4 keys at a time
 // against the kQueryTile rows in vectors (qt transposed: qt[d * kQueryTile + r]), so each q vector
@@ -74,6 +73,8 @@ inline void score_tile(const float* qt, const float* kf, int64_t n, int64_t num_
     }
   }
 }
+
+#endif
 
 // One block (n keys from key0; k and v rows `stride` elements apart) for a tile of num_rows rows of
 // one head. qt is the tile transposed, qt[d * kQueryTile + r] (padding rows 0); row r sits at
