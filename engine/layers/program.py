@@ -24,6 +24,9 @@ from .quant import PackedLinearBase
 
 # record(cpu_program, dtype) -> (LayerProgram, [(object, attribute) watched]) or None (unsupported)
 Record = Callable[[object, torch.dtype], tuple | None]
+# Steps with more rows run the layers one by one: their GEMMs dwarf the host work, and the
+# program's scratch rows (kept for the engine's life) stay bounded (CodeGen-16B: ~44 MB).
+MAX_PROGRAM_ROWS = 512
 
 
 def _cpu_program(ops):
@@ -35,7 +38,8 @@ def _cpu_program(ops):
 
 
 class DecoderProgram:
-    """The program of one model: `get(dtype)` -> a LayerProgram, or None (run the layers one by one).
+    """The program of one model: `get(dtype, num_rows)` -> a LayerProgram, or None (run the layers
+    one by one).
     `enabled = False` forces the layer-by-layer path (tests, A/B benchmarks)."""
 
     def __init__(self, ops, record: Record):
@@ -46,8 +50,8 @@ class DecoderProgram:
         self._watched: list[tuple[object, str, object]] = []
         self._unsupported: set[torch.dtype] = set()
 
-    def get(self, dtype: torch.dtype):
-        if not self.enabled or self._module is None:
+    def get(self, dtype: torch.dtype, num_rows: int):
+        if not self.enabled or self._module is None or num_rows > MAX_PROGRAM_ROWS:
             return None
         if self._program is not None and dtype == self._dtype \
                 and all(getattr(obj, name) is value for obj, name, value in self._watched):

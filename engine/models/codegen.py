@@ -147,7 +147,7 @@ class CodeGenForCausalLM(nn.Module):
         """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden], or of the rows
         meta.last_rows when set (ln_f is applied by compute_logits)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, None, meta.positions)
-        program = self.program.get(x.dtype) if meta.last_rows is None else None
+        program = self.program.get(x.dtype, x.shape[0]) if meta.last_rows is None else None
         if program is not None:
             return program(x, meta.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q)
         for i, layer in enumerate(self.layers):

@@ -64,3 +64,19 @@ def test_layer_by_layer_elsewhere(dtype, backend, tiny_codegen_dir, program_call
     llm = LLM(model=str(tiny_codegen_dir), dtype=dtype, attention_backend=backend)
     _generate(llm, True)
     assert program_calls == []
+
+
+def test_steps_over_the_row_cap_run_layer_by_layer(tiny_codegen_dir, program_calls, monkeypatch):
+    # A step that needs every row of a long prefill (prompt logprobs) is GEMM-bound: it runs the
+    # layers one by one, so the program's kept scratch stays bounded; decode steps still use it.
+    from engine.layers import program as program_module
+    monkeypatch.setattr(program_module, "MAX_PROGRAM_ROWS", 8)
+    llm = LLM(model=str(tiny_codegen_dir), dtype="int8", attention_backend="cpu")
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, prompt_logprobs=1)
+    prompt = list(range(20, 60))
+    with_cap = llm.generate(prompt_token_ids=[prompt], sampling_params=params)[0]
+    assert program_calls and max(program_calls) <= 8
+    llm.engine.runner.model.program.enabled = False
+    without = llm.generate(prompt_token_ids=[prompt], sampling_params=params)[0]
+    assert with_cap.outputs[0].token_ids == without.outputs[0].token_ids
+    assert with_cap.prompt_logprobs == without.prompt_logprobs
