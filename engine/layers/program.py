@@ -25,7 +25,7 @@ from .quant import PackedLinearBase
 # record(cpu_program, dtype) -> (LayerProgram, [(object, attribute) watched]) or None (unsupported)
 Record = Callable[[object, torch.dtype], tuple | None]
 # Steps with more rows run the layers one by one: their GEMMs dwarf the host work, and the
-# program's scratch rows (kept for the engine's life) stay bounded (CodeGen-16B: ~44 MB).
+# program's scratch rows (kept for the engine's life) stay bounded (CodeGen-16B: ~57 MB).
 MAX_PROGRAM_ROWS = 512
 
 
