@@ -52,26 +52,18 @@ inline void finish16(const G& g, int64_t m, int64_t n0, __m512 v) {
   store16(g.out + m * g.out_stride + n0, v, mask);
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const bf16* p) { return simd::load(p); }
-inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-inline void store8(bf16* p, __m256 v) {  // round to nearest even, NaN kept quiet: from_float<bf16>
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
-  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                         _mm256_set1_epi32(0x7f800000));
-  r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
-  // 8 x uint32 (each < 2^16) -> 8 x uint16: packus works per 128-bit lane, the permute joins them.
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+inline void store8(float* p, __m256 v) { simd::store(p, v); }
+inline void store8(bf16* p, __m256 v) {  // common.h's rounding (store_row), which the compiler vectorises
+  alignas(32) float f[8];
+  simd::store(f, v);
+  store_row(f, p, 8);
 }
 
 // Columns [n0, n0 + 8) of row m, all below N, from their fp32 values v (before bias): finish's
 // arithmetic on 8 lanes.
 template <typename G>
 inline void finish8(const G& g, int64_t m, int64_t n0, __m256 v) {
-  if (g.bias) v = _mm256_add_ps(v, load8(g.bias + n0));
+  if (g.bias) v = _mm256_add_ps(v, simd::load(g.bias + n0));
   const int64_t first = std::clamp<int64_t>(g.act_start - n0, 0, 8);  // lanes >= first take the gelu
   if (first < 8) {
     const __m256 act = simd::gelu_tanh(v);
@@ -79,7 +71,7 @@ inline void finish8(const G& g, int64_t m, int64_t n0, __m256 v) {
     v = first == 0 ? act : _mm256_blendv_ps(v, act, _mm256_castsi256_ps(
                                                          _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(int(first) - 1))));
   }
-  if (g.residual) v = _mm256_add_ps(v, load8(g.residual + m * g.res_stride + n0));
+  if (g.residual) v = _mm256_add_ps(v, simd::load(g.residual + m * g.res_stride + n0));
   store8(g.out + m * g.out_stride + n0, v);
 }
 
