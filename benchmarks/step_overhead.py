@@ -45,8 +45,8 @@ class _NoOpRun:
         return None
 
 
-def _stub_program_runs():
-    """Make LayerProgram calls run their Python side only; returns the real __call__ to restore."""
+def _stub_program_runs() -> None:
+    """Make LayerProgram calls run their Python side only (measure restores the real __call__)."""
     real_call = cpu_program.LayerProgram.__call__
 
     def call(self, *args):
@@ -57,7 +57,6 @@ def _stub_program_runs():
             self._program = real
 
     cpu_program.LayerProgram.__call__ = call
-    return real_call
 
 
 def _median_step_ms(engine, steps: int) -> float:

@@ -38,8 +38,8 @@ def _cpu_program(ops):
 
 
 class DecoderProgram:
-    """The program of one model: `get(dtype, num_rows)` -> a LayerProgram, or None (run the layers
-    one by one).
+    """The program of one model: `forward(x, meta)` runs a step's layers through it, or returns None
+    (run the layers one by one); `get(dtype, num_rows)` -> the LayerProgram, or None.
     `enabled = False` forces the layer-by-layer path (tests, A/B benchmarks)."""
 
     def __init__(self, ops, record: Record):
@@ -49,6 +49,16 @@ class DecoderProgram:
         self._program = self._dtype = None
         self._watched: list[tuple[object, str, object]] = []
         self._unsupported: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor, meta) -> torch.Tensor | None:
+        """x (the embeddings, [num_tokens, hidden]) through every layer when the program takes this
+        step, updated in place and returned; None: run the layers one by one."""
+        if meta.last_rows is not None:  # the last layer keeps only some rows: the op-by-op path
+            return None
+        program = self.get(x.dtype, x.shape[0])
+        if program is None:
+            return None
+        return program(x, meta.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q)
 
     def get(self, dtype: torch.dtype, num_rows: int):
         if not self.enabled or self._module is None or num_rows > MAX_PROGRAM_ROWS:

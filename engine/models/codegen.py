@@ -147,9 +147,9 @@ class CodeGenForCausalLM(nn.Module):
         """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden], or of the rows
         meta.last_rows when set (ln_f is applied by compute_logits)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, None, meta.positions)
-        program = self.program.get(x.dtype, x.shape[0]) if meta.last_rows is None else None
-        if program is not None:
-            return program(x, meta.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q)
+        out = self.program.forward(x, meta)
+        if out is not None:
+            return out
         for i, layer in enumerate(self.layers):
             x = layer(x, meta, self.cos_sin, last=meta.last_rows is not None and i == len(self.layers) - 1)
         return x
