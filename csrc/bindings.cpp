@@ -2,6 +2,7 @@
 // Every op releases the GIL; the argument structs are filled field by field from kernels/cpu.py
 // once per layer (cache, weights), and a call passes its rows' pointers and sizes.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "layer_program.h"
 #include "ops.h"
@@ -112,6 +113,7 @@ PYBIND11_MODULE(_cpu, m) {
     m.def(name, linear_rows(op), py::call_guard<py::gil_scoped_release>(), py::arg("layer"), py::arg("x"),
           py::arg("out"), py::arg("residual"), py::arg("num_rows"), py::arg("x_stride"), py::arg("res_stride"),
           py::arg("act_start"), py::arg("dtype"), py::arg("out_dtype"));
+  m.def("team_thread_ids", &codeinfer::team_thread_ids, py::arg("num_threads"));
   m.def("argmax_logsumexp", &codeinfer::argmax_logsumexp, py::call_guard<py::gil_scoped_release>(),
         py::arg("logits"), py::arg("argmax"), py::arg("lse"), py::arg("rows"), py::arg("vocab"), py::arg("stride"));
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace codeinfer {
 
@@ -76,5 +77,8 @@ void int4_linear(const PackedLinearArgs& args, const std::string& dtype, const s
 // [rows] fp32 (csrc/sampling.cpp).
 void argmax_logsumexp(uintptr_t logits, uintptr_t argmax, uintptr_t lse, int64_t rows, int64_t vocab,
                       int64_t stride);
+
+// OS thread ids of the members of an OpenMP team of num_threads (0 = the caller), in team order.
+std::vector<int64_t> team_thread_ids(int num_threads);
 
 }  // namespace codeinfer

@@ -107,6 +107,11 @@ class EngineArgs:
         None, "CPU threads for the kernels (default: one per core, or OMP_NUM_THREADS); fewer "
               "leave cores to other work on a shared machine", flag="--threads", metavar="N",
         parse=int, minimum=1)
+    dynamic_threads: bool = _option(
+        True, "fit the CPU kernels' thread count to the cores other work leaves free, read before "
+              "steps from the kernel's count of runnable threads (at most --threads; a shared "
+              "machine then loses a core without stalling the other thread at every barrier)",
+        flag="--no-dynamic-threads")
     served_model_name: str | list[str] | None = _option(
         None, "the names the server answers to: /v1/models lists them all and a request's "
               "`model` must be one of them (default: --model as given, or the bundled model's "

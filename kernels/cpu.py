@@ -168,7 +168,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return PagedAttention(k_cache, v_cache, scale, window, k_scale, v_scale)(q, block_tables, seq_lens, cu_seqlens_q)
 
 
-
 def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """See kernels.reference.argmax_logsumexp (one pass per row, no torch thread team)."""
     if not logits.is_cpu or logits.dtype != torch.float32:
@@ -182,3 +181,11 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _cpu.argmax_logsumexp(logits.data_ptr(), argmax.data_ptr(), lse.data_ptr(), rows, vocab,
                           max(logits.stride(0), vocab))
     return argmax, lse
+
+
+def team_thread_ids(num_threads: int) -> list[int]:
+    """OS thread ids of an OpenMP team of num_threads in team order (0: the caller). The kernels
+    and torch share libgomp's pool, so these are the threads every later team of that size uses."""
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return list(_cpu.team_thread_ids(num_threads))

@@ -6,6 +6,7 @@ the RequestOutputs."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -25,6 +26,7 @@ from .sequence import Request
 from .spec_decode import SpecDecoder
 from ..engine_args import DEFAULT_MODEL, EngineArgs
 from ..vocab import Vocabulary
+from ..worker.cpu_threads import ThreadGovernor
 from ..worker.model_runner import ModelRunner, resolve_device, resolve_dtype
 from ..worker.ngram_proposer import NgramProposer
 
@@ -37,14 +39,14 @@ class LLMEngine:
         vocabulary (None: read from the checkpoint; CodeCLM's modality-separated one is found there)."""
         start = time.perf_counter()
         args = EngineArgs(model=model, **options)
-        self.num_threads = args.num_threads
+        self.device = resolve_device(args.device)
+        self.threads = self._thread_governor(args)
         self.use_threads()
         front = EngineFrontend.load(args, vocab)
         model_dir, self.model_name, self.config = front.model_dir, front.model_name, front.config
         self.max_model_len, self.served_model_names = front.max_model_len, front.served_model_names
         tokenizer = self.tokenizer = front.tokenizer
         self.vocab = front.vocab
-        self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device, self.config)
         cache = CacheConfig(args.block_size, args.num_kv_blocks, args.kv_cache_dtype,
                             args.kv_cache_memory_bytes, self.max_model_len)
@@ -59,6 +61,14 @@ class LLMEngine:
         self.output_processor = OutputProcessor(tokenizer.eos_token_id, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._log_summary(args, time.perf_counter() - start)
+
+    def _thread_governor(self, args: EngineArgs) -> ThreadGovernor:
+        """num_threads (default: torch's, one per core or OMP_NUM_THREADS) as the most threads;
+        fitted to the free cores on the CPU unless dynamic_threads is off or the OpenMP workers
+        spin while idle (OMP_WAIT_POLICY=active: they would count as other work)."""
+        spinning = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "active"
+        dynamic = args.dynamic_threads and self.device.type == "cpu" and not spinning
+        return ThreadGovernor(args.num_threads or torch.get_num_threads(), dynamic)
 
     def _spec_decoder(self, args: EngineArgs) -> SpecDecoder | None:
         """Speculative decoding as speculative_config asks (prompt lookup), None when off."""
@@ -79,12 +89,13 @@ class LLMEngine:
         backend = self.runner.ops.__name__.rsplit(".", 1)[-1].replace("reference", "torch")
         logger.info(
             "Loaded %s (%s) in %.2f s on %s: dtype %s, KV cache %s, %d blocks of %d tokens "
-            "(%.2f GiB), max context %d tokens, threads %d, attention backend %s",
+            "(%.2f GiB), max context %d tokens, threads %s, attention backend %s",
             args.model or DEFAULT_MODEL, self.config.architecture, load_seconds, self.device,
             chosen(self.runner.quant or str(self.dtype).removeprefix("torch."), args.dtype),
             chosen(str(self.runner.kv_dtype).removeprefix("torch."), args.kv_cache_dtype),
             self.runner.num_kv_blocks, args.block_size, kv_bytes / 2 ** 30,
-            self.config.max_position_embeddings, torch.get_num_threads(),
+            self.config.max_position_embeddings,
+            f"1-{self.threads.max_threads} (dynamic)" if self.threads.dynamic else self.threads.max_threads,
             chosen(backend, args.attention_backend))
 
     @classmethod
@@ -101,12 +112,16 @@ class LLMEngine:
         """Modality of the tokens the model emits: 0 text, 1 code (CodeCLM)."""
         return self.vocab.generated_modality
 
+    @property
+    def num_threads(self) -> int:
+        """The most threads the kernels use (num_threads, or torch's default)."""
+        return self.threads.max_threads
+
     def use_threads(self) -> None:
-        """Apply num_threads to the calling thread: OpenMP's thread count is a per-thread setting,
-        so a thread that runs steps (AsyncLLM's engine thread) calls this first. None keeps the
-        default (one per core, or OMP_NUM_THREADS)."""
-        if self.num_threads is not None:
-            torch.set_num_threads(self.num_threads)
+        """Apply the thread count to the calling thread: OpenMP's thread count is a per-thread
+        setting, so a thread that runs steps (AsyncLLM's engine thread) calls this first; step()
+        keeps it fitted to the free cores from then on."""
+        self.threads.apply()
 
     # ---------------------------------------------------------------- requests
     def tokenize(self, prompt, sampling_params: SamplingParams | None = None,
@@ -147,6 +162,7 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.empty:
             return []
+        self.threads.update()
         output = self.runner.execute(sched)
         return self.update(sched, output)
 

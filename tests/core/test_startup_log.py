@@ -23,7 +23,12 @@ def test_summary_names_what_was_built(tiny_codegen_dir, caplog):
         re.escape(f"Loaded {tiny_codegen_dir} (CodeGenForCausalLM) in ") + r"\d+\.\d\d" + re.escape(
             f" s on cpu: dtype float32, KV cache float32 (auto), 48 blocks of 8 tokens ({gib:.2f} "
             f"GiB), max context {engine.config.max_position_embeddings} tokens, threads "
-            f"{torch.get_num_threads()}, attention backend cpu (auto)"), line), line
+            f"{threads(engine)}, attention backend cpu (auto)"), line), line
+
+
+def threads(engine: LLMEngine) -> str:
+    most = torch.get_num_threads()
+    return f"1-{most} (dynamic)" if engine.threads.dynamic else str(most)
 
 
 def test_summary_of_the_bundled_model_resolves_auto(caplog):
