@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-cache-dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="the engine's CPU threads, server and offline alike (default: the engine's)")
+    parser.add_argument("--engine-flag", action="append", default=[], metavar="FLAG",
+                        help="another engine flag for the server and the offline run alike, e.g. "
+                             "--engine-flag=--no-dynamic-threads (repeatable)")
     parser.add_argument("--offline", action="store_true",
                         help="also run each load level offline (codeinfer bench) and pair the ratios")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of each load level (with --offline: "
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     context = config.max_position_embeddings
     results: dict = {"model": model_dir.name, "dtype": args.dtype, "load": [], "keystroke": {}}
     server_args = ["--dtype", args.dtype, "--kv-cache-dtype", args.kv_cache_dtype,
-                   *(["--threads", str(args.threads)] if args.threads else [])]
+                   *(["--threads", str(args.threads)] if args.threads else []), *args.engine_flag]
     if args.offline and args.url:
         parser.error("--offline runs its own server (leave out --url)")
 

@@ -108,8 +108,8 @@ class EngineArgs:
               "leave cores to other work on a shared machine", flag="--threads", metavar="N",
         parse=int, minimum=1)
     dynamic_threads: bool = _option(
-        True, "fit the CPU kernels' thread count to the cores other work leaves free, read before "
-              "steps from the kernel's count of runnable threads (at most --threads; a shared "
+        True, "fit the CPU kernels' thread count to the cores other work leaves free, read at "
+              "each step from the kernel's count of runnable threads (at most --threads; a shared "
               "machine then loses a core without stalling the other thread at every barrier)",
         flag="--no-dynamic-threads")
     served_model_name: str | list[str] | None = _option(

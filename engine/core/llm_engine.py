@@ -162,8 +162,10 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.empty:
             return []
-        self.threads.update()
         output = self.runner.execute(sched)
+        # The load is read after the forward pass and before its outputs wake a server's event
+        # loop, so that the engine's own threads do not count as other work.
+        self.threads.update()
         return self.update(sched, output)
 
     def update(self, sched: SchedulerOutput, output: ModelRunnerOutput) -> list[RequestOutput]:
@@ -190,4 +192,4 @@ class LLMEngine:
         return self.output_processor.request_output(request, error)
 
     def get_stats(self) -> dict:
-        return self.scheduler.get_stats()
+        return {**self.scheduler.get_stats(), "num_cpu_threads": self.threads.threads}

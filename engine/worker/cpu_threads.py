@@ -3,7 +3,7 @@
 An OpenMP team meets at a barrier after every parallel op, so when another process takes a core
 the thread that lost it stalls the whole team, dozens of times per token. Measured on a 2-core
 machine (CodeGen-350M shape, int8, one request) one thread beside one busy process decodes about
-2x faster than two threads do. So before a step the governor reads the kernel's instantaneous count
+2x faster than two threads do. So once per step the governor reads the kernel's instantaneous count
 of runnable threads on the machine (the fourth field of /proc/loadavg), takes off this engine's
 own (the caller, and any of its OpenMP workers still spinning after the last op), and gives the
 next steps the cores that leaves, between 1 and max_threads. libgomp's OMP_DYNAMIC makes the same
@@ -77,7 +77,7 @@ class OtherLoad:
 class ThreadGovernor:
     """Sets torch's (and so the C++ kernels') OpenMP thread count for the calling thread.
 
-    update() before each step: at most one reading per `interval_s`. `dynamic=False` (or a machine
+    update() once per step: at most one reading per `interval_s`. `dynamic=False` (or a machine
     without the runnable count, or max_threads 1) keeps max_threads throughout."""
 
     # How far the averaged free cores must move past the current count before it changes.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -61,6 +62,8 @@ def test_metrics_text(server):
                  "codeinfer_time_to_first_token_seconds_bucket",
                  "codeinfer_inter_token_latency_seconds_bucket", "codeinfer_prefix_cache_hit_rate"):
         assert f"\n{name}" in text, name
+    threads = server.metric("codeinfer_cpu_threads")
+    assert 1 <= threads <= (os.cpu_count() or 1), threads
 
 
 @pytest.fixture(scope="module")
