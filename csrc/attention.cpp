@@ -221,8 +221,10 @@ Plan plan(const AttentionArgs& a) {
     num_tiles += (q_len + kQueryTile - 1) / kQueryTile;
     p.work += q_len * std::min<int64_t>(seq_len, a.window > 0 ? a.window : seq_len) * a.num_heads * a.head_dim;
   }
-  // Enough items for ~4 per thread: each tile becomes `pieces` items when there are too few.
-  const int64_t want = 4 * omp_get_max_threads();
+  // Enough items for ~4 per processor: each tile becomes `pieces` items when there are too few.
+  // Processors, not the team size: a split decode row's sum order (and so its rounding) must not
+  // change with the thread count the engine picks on a loaded machine (engine/worker/cpu_threads.py).
+  const int64_t want = 4 * omp_get_num_procs();
   const int64_t pieces = std::max<int64_t>(1, (want + num_tiles - 1) / std::max<int64_t>(num_tiles, 1));
   for (int64_t b = 0; b < a.num_seqs; ++b) {
     const int64_t q_len = cu[b + 1] - cu[b];

@@ -133,11 +133,12 @@ PYBIND11_MODULE(_cpu, m) {
           "run",
           [](LayerProgram& program, uintptr_t x, uintptr_t positions, uintptr_t slot_mapping, uintptr_t block_tables,
              uintptr_t seq_lens, uintptr_t cu_seqlens_q, int64_t num_tokens, int64_t num_seqs,
-             int64_t max_blocks_per_seq) {
+             int64_t max_blocks_per_seq, int64_t num_ops) {
             codeinfer::ProgramStep s;
             s.x = x, s.positions = positions, s.slot_mapping = slot_mapping, s.block_tables = block_tables;
             s.seq_lens = seq_lens, s.cu_seqlens_q = cu_seqlens_q;
             s.num_tokens = num_tokens, s.num_seqs = num_seqs, s.max_blocks_per_seq = max_blocks_per_seq;
+            s.num_ops = num_ops;
             program.run(s);
           },
           py::call_guard<py::gil_scoped_release>());

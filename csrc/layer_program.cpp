@@ -9,6 +9,7 @@
 // (q, k, v are column ranges of the fused qkv buffer).
 #include "layer_program.h"
 
+#include <algorithm>
 #include <new>
 
 namespace codeinfer {
@@ -97,7 +98,9 @@ void LayerProgram::run(const ProgramStep& step) {
   base_.assign(widths_.size(), 0);
   base_[0] = step.x;
   for (size_t b = 1; b < widths_.size(); ++b) base_[b] = reinterpret_cast<uintptr_t>(storage_[b].get());
-  for (const ProgramOp& op : ops_) {
+  const size_t end = step.num_ops < 0 ? ops_.size() : std::min(ops_.size(), static_cast<size_t>(step.num_ops));
+  for (size_t i = 0; i < end; ++i) {
+    const ProgramOp& op = ops_[i];
     if (op.kind == ProgramOp::kLinear) {
       PackedLinearArgs a = op.linear;
       a.x = rows(op.src, op.src_col), a.out = rows(op.dst, 0), a.num_rows = t;

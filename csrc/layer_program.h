@@ -20,6 +20,7 @@ namespace codeinfer {
 struct ProgramStep {
   uintptr_t x = 0, positions = 0, slot_mapping = 0, block_tables = 0, seq_lens = 0, cu_seqlens_q = 0;
   int64_t num_tokens = 0, num_seqs = 0, max_blocks_per_seq = 0;
+  int64_t num_ops = -1;  // run the first num_ops ops (-1: all)
 };
 
 struct ProgramOp {

@@ -113,9 +113,13 @@ class LayerProgram:
         return self._program.num_ops
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-                 block_tables: torch.Tensor, seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor) -> torch.Tensor:
+                 block_tables: torch.Tensor, seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                 num_ops: int | None = None) -> torch.Tensor:
         """x: [num_tokens, width_0] contiguous, updated in place and returned; the metadata as
-        kernels.reference.paged_attention and rotary_store_kv take it."""
+        kernels.reference.paged_attention and rotary_store_kv take it. num_ops: run only the first
+        num_ops ops (None: all)."""
+        if num_ops is not None and not 0 <= num_ops <= self.num_ops:
+            raise ValueError(f"num_ops must be in [0, {self.num_ops}] or None, got {num_ops}")
         width, dtype = self._buffers[0]
         check_device(_CPU, x=x, positions=positions, slot_mapping=slot_mapping, block_tables=block_tables,
                      seq_lens=seq_lens, cu_seqlens_q=cu_seqlens_q)
@@ -131,5 +135,5 @@ class LayerProgram:
         block_tables, seq_lens, cu_seqlens_q = _i32(block_tables), _i32(seq_lens), _i32(cu_seqlens_q)
         self._program.run(x.data_ptr(), positions.data_ptr(), slot_mapping.data_ptr(), block_tables.data_ptr(),
                           seq_lens.data_ptr(), cu_seqlens_q.data_ptr(), num_tokens, block_tables.shape[0],
-                          block_tables.shape[1])
+                          block_tables.shape[1], -1 if num_ops is None else num_ops)
         return x

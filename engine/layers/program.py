@@ -9,9 +9,10 @@ bit-identical results (tests/layers/test_program.py).
 
 DecoderProgram keeps a model's program and the bindings it was recorded from, and records it again
 when one of them changes (a new KV cache, a module moved with `.to()`). The layer-by-layer path runs
-when the backend is not the C++ one, a linear is not packed (fp32, an unfused activation), or a step
-keeps fewer rows than it computes through the last layer (meta.last_rows: prefill chunks, where the
-GEMMs dwarf the host work anyway)."""
+when the backend is not the C++ one or a linear is not packed (fp32, an unfused activation). A step
+that keeps fewer rows than it computes through the last layer (meta.last_rows: a prefill chunk,
+alone or beside decode rows, as a server's steps mostly are) runs every layer but the last through
+the program and the last one by one, on the kept rows only."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -38,27 +39,33 @@ def _cpu_program(ops):
 
 
 class DecoderProgram:
-    """The program of one model: `forward(x, meta)` runs a step's layers through it, or returns None
-    (run the layers one by one); `get(dtype, num_rows)` -> the LayerProgram, or None.
-    `enabled = False` forces the layer-by-layer path (tests, A/B benchmarks)."""
+    """The program of a model of num_layers layers: `forward(x, meta)` runs a step's layers through
+    it; `get(dtype, num_rows)` -> the LayerProgram, or None. `enabled = False` forces the
+    layer-by-layer path (tests, A/B benchmarks)."""
 
-    def __init__(self, ops, record: Record):
+    def __init__(self, ops, record: Record, num_layers: int):
         self.enabled = True
+        self.num_layers = num_layers
         self._module = _cpu_program(ops)
         self._record = record
         self._program = self._dtype = None
         self._watched: list[tuple[object, str, object]] = []
         self._unsupported: set[torch.dtype] = set()
 
-    def forward(self, x: torch.Tensor, meta) -> torch.Tensor | None:
-        """x (the embeddings, [num_tokens, hidden]) through every layer when the program takes this
-        step, updated in place and returned; None: run the layers one by one."""
-        if meta.last_rows is not None:  # the last layer keeps only some rows: the op-by-op path
-            return None
+    def forward(self, x: torch.Tensor, meta) -> int:
+        """x (the embeddings, [num_tokens, hidden]) through the first layers, in place: how many
+        it ran (the caller runs the rest one by one). All of them, or all but the last when
+        meta.last_rows keeps only some rows there; 0 when the program does not take this step."""
         program = self.get(x.dtype, x.shape[0])
         if program is None:
-            return None
-        return program(x, meta.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q)
+            return 0
+        num_layers, num_ops = self.num_layers, program.num_ops
+        if meta.last_rows is not None:
+            num_layers -= 1
+            num_ops -= program.num_ops // self.num_layers  # every layer is recorded as the same ops
+        program(x, meta.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q,
+                num_ops)
+        return num_layers
 
     def get(self, dtype: torch.dtype, num_rows: int):
         if not self.enabled or self._module is None or num_rows > MAX_PROGRAM_ROWS:
@@ -74,6 +81,7 @@ class DecoderProgram:
             self._program = None
             return None
         self._program, watched = built
+        assert self._program.num_ops % self.num_layers == 0, "layers recorded as different op lists"
         self._dtype = dtype
         self._watched = [(obj, name, getattr(obj, name)) for obj, name in watched]
         return self._program

@@ -118,7 +118,8 @@ class CodeGenForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.tie_weights()
         self.cos_sin: torch.Tensor | None = None  # [max_positions, rotary_dim] fp32, see post_load
-        self.program = DecoderProgram(ops, self._record_program)  # the layers as one C++ call
+        # The layers as one C++ call on the CPU backend.
+        self.program = DecoderProgram(ops, self._record_program, len(self.layers))
 
     def map_weight(self, name: str):
         if self.IGNORED.match(name):
@@ -147,11 +148,10 @@ class CodeGenForCausalLM(nn.Module):
         """input_ids, modality: [num_tokens] -> residual stream [num_tokens, hidden], or of the rows
         meta.last_rows when set (ln_f is applied by compute_logits)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, None, meta.positions)
-        out = self.program.forward(x, meta)
-        if out is not None:
-            return out
-        for i, layer in enumerate(self.layers):
-            x = layer(x, meta, self.cos_sin, last=meta.last_rows is not None and i == len(self.layers) - 1)
+        done = self.program.forward(x, meta)  # the first layers as one C++ call, in place
+        for i in range(done, len(self.layers)):
+            last = meta.last_rows is not None and i == len(self.layers) - 1
+            x = self.layers[i](x, meta, self.cos_sin, last=last)
         return x
 
     def _record_program(self, cpu_program, dtype: torch.dtype):

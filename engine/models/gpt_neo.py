@@ -96,7 +96,8 @@ class GPTNeoForCausalLM(nn.Module):
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
-        self.program = DecoderProgram(ops, self._record_program)  # the layers as one C++ call
+        # The layers as one C++ call on the CPU backend.
+        self.program = DecoderProgram(ops, self._record_program, len(self.layers))
 
     def map_weight(self, name: str):
         """(local name, shard) for a checkpoint tensor name; None if unknown; () if ignored."""
@@ -123,11 +124,9 @@ class GPTNeoForCausalLM(nn.Module):
         meta.last_rows when set (ln_f is applied by compute_logits, on the sampled rows only)."""
         x = self.ops.gated_embedding(input_ids, modality, remap, self.wte.weight, self.wpe.weight,
                                      meta.positions)
-        out = self.program.forward(x, meta)
-        if out is not None:
-            return out
-        for i, layer in enumerate(self.layers):
-            x = layer(x, meta, last=meta.last_rows is not None and i == len(self.layers) - 1)
+        done = self.program.forward(x, meta)  # the first layers as one C++ call, in place
+        for i in range(done, len(self.layers)):
+            x = self.layers[i](x, meta, last=meta.last_rows is not None and i == len(self.layers) - 1)
         return x
 
     def _record_program(self, cpu_program, dtype: torch.dtype):

@@ -135,6 +135,10 @@ def test_program_equals_ops_one_by_one(seqs, kind, cache_dtype):
     one = x[:1].clone()
     program(one, *small_meta)
     assert torch.isfinite(one.float()).all()
+    # The first layer's ops only (a prefill step's program stops before the last layer).
+    first = x.clone()
+    assert program(first, *meta, num_ops=5) is first
+    assert torch.equal(first, layers[0].one_by_one(x, meta))
 
 
 def _small_program():
@@ -193,3 +197,9 @@ def test_call_errors_name_the_argument():
         program(x, *meta[:4], meta[4][:1])
     with pytest.raises(ValueError, match="cpu"):
         program(x.to("meta"), *meta)
+    for bad in (-1, 2):
+        with pytest.raises(ValueError, match="num_ops"):
+            program(x, *meta, num_ops=bad)
+    same = x.clone()
+    program(same, *meta, num_ops=0)
+    assert torch.equal(same, x)

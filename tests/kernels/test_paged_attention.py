@@ -88,7 +88,7 @@ def test_paged_attention_triton(case, dtypes, triton_ops):
 
 @pytest.mark.parametrize("num_threads", [1, 3])
 def test_split_decode_any_thread_count(num_threads, cpu_ops):
-    """How a long decode row is split depends on the thread count; the result does not."""
+    """Long decode rows are split into pieces; the result is right whatever the thread count."""
     case = ("decode_long_gqa", [(700, 1), (1300, 1)], 16, 4, 2, 64, 0, 1.0)
     before = torch.get_num_threads()
     torch.set_num_threads(num_threads)
@@ -96,6 +96,21 @@ def test_split_decode_any_thread_count(num_threads, cpu_ops):
         _run_case(cpu_ops, case, torch.bfloat16, torch.bfloat16)
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_count_changes_no_bit(cpu_ops):
+    """The split of a decode row follows the processors, not the team: the engine's thread count
+    (which follows the load) changes no result."""
+    inputs = _inputs([(700, 1), (1300, 1), (37, 5), (3, 1)], 16, 4, 2, 64, torch.bfloat16, torch.bfloat16)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for num_threads in (1, 2, 3):
+            torch.set_num_threads(num_threads)
+            outs.append(cpu_ops.paged_attention(*inputs, 0.125))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
 def test_decode_rows_equal_prefill_rows(backend):
