@@ -162,6 +162,7 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.empty:
             return []
+        self.threads.for_step(sched.num_tokens)
         output = self.runner.execute(sched)
         # The load is read after the forward pass and before its outputs wake a server's event
         # loop, so that the engine's own threads do not count as other work.

@@ -27,6 +27,11 @@ class SchedulerOutput:
     def empty(self) -> bool:
         return not self.scheduled
 
+    @property
+    def num_tokens(self) -> int:
+        """Rows of the step's forward pass."""
+        return sum(item.num_new_tokens for item in self.scheduled)
+
 
 @dataclass
 class ModelRunnerOutput:

@@ -53,8 +53,17 @@ def test_a_busy_process_takes_a_core_and_giving_it_back_restores_it():
     gov, _ = governor([1] * 10 + [0] * 10)
     busy = counts(gov, 10)
     assert busy[:2] == [2, 2]  # the average needs a few readings to move
-    assert busy[-1] == 1 and torch.get_num_threads() == 1
-    assert counts(gov, 10)[-1] == 2 and torch.get_num_threads() == 2
+    assert busy[-1] == 1 and gov.for_step(1) == 1 and torch.get_num_threads() == 1
+    assert counts(gov, 10)[-1] == 2 and gov.for_step(1) == 2 and torch.get_num_threads() == 2
+
+
+def test_steps_of_many_rows_keep_every_thread_under_load():
+    gov, _ = governor([3] * 10, max_threads=3, num_cpus=4)
+    assert counts(gov, 10)[-1] == 1
+    assert gov.for_step(1) == 1 and torch.get_num_threads() == 1
+    assert gov.for_step(ThreadGovernor.GEMM_BOUND_ROWS - 1) == 1
+    assert gov.for_step(ThreadGovernor.GEMM_BOUND_ROWS) == 3 and torch.get_num_threads() == 3
+    assert gov.for_step(2) == 1 and torch.get_num_threads() == 1
 
 
 def test_a_short_burst_of_other_work_changes_nothing():
