@@ -16,11 +16,12 @@ import argparse
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from engine.tools.bench_report import median_range
 
 _SPIN_VARS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 REPO = Path(__file__).resolve().parents[1]
@@ -107,13 +108,13 @@ def summarize(results: dict, backgrounds: list, requests: list) -> None:
     print("|---|---:|" + "---:|" * len(backgrounds))
     for name in names:
         for num in requests:
-            idle = statistics.median(results.get((name, f"busy0_req{num}"), [float("nan")]))
+            idle = median_range(results.get((name, f"busy0_req{num}"), [float("nan")]))[0]
             cells = []
             for b in backgrounds:
-                values = results[(name, f"busy{b}_req{num}")]
-                cell = f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
-                cells.append(cell + (f", {statistics.median(values) / idle:.0%}" if b else ""))
+                med, low, high = median_range(results[(name, f"busy{b}_req{num}")])
+                cells.append(f"{med:.1f} ({low:.1f}-{high:.1f})" + (f", {med / idle:.0%}" if b else ""))
             print(f"| {name} | {num} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()

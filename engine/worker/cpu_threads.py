@@ -2,8 +2,8 @@
 
 An OpenMP team meets at a barrier after every parallel op, so when another process takes a core
 the thread that lost it stalls the whole team, dozens of times per token. Measured on a 2-core
-machine (CodeGen-350M shape, int8, one request) one thread beside one busy process decodes about
-2x faster than two threads do. So once per step the governor reads the kernel's instantaneous count
+machine (CodeGen-350M shape, int8, one request, benchmarks/shared_cpu.py) one thread beside one
+busy process generates 1.3x as fast as two threads do, 1.7x with libgomp's default spin. So once per step the governor reads the kernel's instantaneous count
 of runnable threads on the machine (the fourth field of /proc/loadavg), takes off this engine's
 own (the caller, and any of its OpenMP workers still spinning after the last op), and gives the
 next steps the cores that leaves, between 1 and max_threads. libgomp's OMP_DYNAMIC makes the same

@@ -69,8 +69,9 @@ class _EngineCollector:
             ("codeinfer_num_requests_waiting", "Requests queued in the engine.", "num_waiting"),
             ("codeinfer_kv_blocks_used", "KV-cache blocks in use by requests.", "num_used_blocks"),
             ("codeinfer_kv_blocks_total", "KV-cache blocks allocated.", "num_total_blocks"),
-            ("codeinfer_cpu_threads", "Threads the CPU kernels run on now (at most --threads; "
-             "fewer while other work holds cores).", "num_cpu_threads"),
+            ("codeinfer_cpu_threads", "Threads the CPU kernels run decode steps on now (at most "
+             "--threads; fewer while other work holds cores; prefill steps use every thread).",
+             "num_cpu_threads"),
         )
         for name, doc, key in gauges:
             yield GaugeMetricFamily(name, doc, value=float(stats.get(key, 0)))
