@@ -1,4 +1,5 @@
-"""Helpers of the kernel tests: per-dtype tolerances, a verbose allclose, paged-cache builders."""
+"""Helpers of the kernel tests: per-dtype tolerances, a verbose allclose, strided inputs,
+paged-cache builders."""
 from __future__ import annotations
 
 import contextlib
@@ -29,6 +30,11 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "outp
             f"{name}: {int(bad.sum())}/{bad.numel()} elements outside atol={atol} rtol={rtol}; "
             f"first at {tuple(idx[0].tolist())}: {a[tuple(idx[0])]:.6g} vs {e[tuple(idx[0])]:.6g}; "
             f"worst at {worst}: {a[worst]:.6g} vs {e[worst]:.6g}; NaNs in actual: {int(a.isnan().sum())}")
+
+
+def strided(rows: int, cols: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """[rows, cols] view whose rows are further apart than cols (a slice of a wider tensor)."""
+    return (torch.randn(rows, cols + 5) * scale)[:, 2:cols + 2].to(dtype)
 
 
 def random_block_tables(seq_lens: list[int], block_size: int, extra_blocks: int = 3):

@@ -7,15 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_helpers import assert_close
+from kernel_helpers import assert_close, strided
 from kernels import reference
-
-SHAPES = [(1, 7, 5), (3, 64, 16), (9, 37, 33), (33, 130, 50), (300, 96, 200), (8, 768, 2304)]
-DTYPES = [torch.float32, torch.bfloat16]
-
-
-def _strided(rows, cols, dtype, scale=1.0):
-    return (torch.randn(rows, cols + 5) * scale)[:, 2:cols + 2].to(dtype)
+from linear_cases import SHAPES, epilogue_args, epilogue_cases
 
 
 def test_pack_bf16_weight_layout():
@@ -27,21 +21,13 @@ def test_pack_bf16_weight_layout():
     assert (packed[1, :, 5:] == 0).all() and (packed[:, 4, :, 1] == 0).all()  # padding
 
 
-@pytest.mark.parametrize("act_start", [None, 0, "mid"])
-@pytest.mark.parametrize("bias,residual", [(False, False), (True, True)])
-@pytest.mark.parametrize("norm", ["none", "layernorm"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("rows,k,n", SHAPES)
+@epilogue_cases(bias_residual=[(False, False), (True, True)])
 def test_bf16_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops):
     w = (torch.randn(n, k) / k ** 0.5).bfloat16()
     packed = reference.pack_bf16_weight(w)
-    x = _strided(rows, k, dtype, scale=2.0)
-    norm_args = {}
-    if norm == "layernorm":
-        norm_args = dict(gamma=torch.randn(k).to(dtype), beta=torch.randn(k).to(dtype), eps=1e-5)
-    kwargs = dict(bias=torch.randn(n).to(dtype) if bias else None,
-                  residual=_strided(rows, n, dtype) if residual else None,
-                  act_start=max(n // 2 - 3, 1) if act_start == "mid" else act_start, **norm_args)
+    x = strided(rows, k, dtype, scale=2.0)
+    norm_args, kwargs = epilogue_args(rows, k, n, dtype, norm, bias, residual, act_start)
+    kwargs.update(norm_args)
     out = cpu_ops.bf16_linear(x, packed, n, **kwargs)
     assert out.dtype == dtype and out.shape == (rows, n) and out.is_contiguous()
     expected = reference.bf16_linear(x, packed, n, **kwargs)

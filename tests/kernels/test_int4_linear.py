@@ -7,12 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_helpers import assert_close
+from kernel_helpers import assert_close, strided
 from kernels import reference
+from linear_cases import (DTYPE_IDS, DTYPES, SHAPES, bf16_norm_inputs, epilogue_args, epilogue_cases,
+                          integer_rows)
 
-# (rows, in_features, out_features)
-SHAPES = [(1, 7, 5), (3, 64, 16), (9, 37, 33), (33, 130, 50), (300, 96, 200), (8, 768, 2304)]
-DTYPES = [torch.float32, torch.bfloat16]
 GROUPS = [32, 64, 128]
 
 
@@ -24,11 +23,6 @@ def _weights(k, n, group_size, scale=1.0, min_value=0.0):
     scales = torch.full((n, groups), scale, dtype=torch.float16)
     mins = torch.full((n, groups), min_value, dtype=torch.float16)
     return (u, *reference.pack_int4_weight(u, scales, mins))
-
-
-def _strided(rows, cols, dtype, scale=1.0):
-    """[rows, cols] view whose rows are further apart than cols."""
-    return (torch.randn(rows, cols + 5) * scale)[:, 2:cols + 2].to(dtype)
 
 
 def test_pack_int4_weight_layout():
@@ -76,7 +70,7 @@ def test_quantize_int4_error(group_size):
 
 
 @pytest.mark.parametrize("asymmetric", [True, False])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("n,k,group_size", [(1, 1, 32), (5, 7, 64), (33, 130, 32), (50, 96, 64), (300, 768, 128)])
 def test_quantize_pack_int4_equals_reference(n, k, group_size, dtype, asymmetric, cpu_ops):
     """The C++ load-time quantiser gives the reference's bits but for the rare group whose refit scale
@@ -112,34 +106,24 @@ def test_quantize_int4_rejects_bad_group_size():
 
 
 @pytest.mark.parametrize("group_size", GROUPS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("rows,k,n", SHAPES)
 def test_int4_linear_sums_exact(rows, k, n, dtype, group_size, cpu_ops):
     # Integer activations whose rows reach +-127 quantise to themselves (scale 1); with unit scales
     # and mins of -8 (the weights u - 8) and an fp32 output, out holds the integer sums exactly.
-    x = torch.randint(-127, 128, (rows, k)).float()
-    x[:, 0] = 127
+    x = integer_rows(rows, k)
     u, packed, params = _weights(k, n, group_size, 1.0, -8.0)
     out = cpu_ops.int4_linear(x.to(dtype), packed, params, n, out_dtype=torch.float32)
     assert torch.equal(out, (x.long() @ (u[:, :k].long() - 8).t()).float())
 
 
-@pytest.mark.parametrize("act_start", [None, 0, "mid"])
-@pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("norm", ["none", "layernorm"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("rows,k,n", SHAPES)
+@epilogue_cases()
 def test_int4_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops):
     group_size = GROUPS[(rows + k) % 3]
     packed, params = reference.quantize_pack_int4(torch.randn(n, k) / k ** 0.5, group_size, asymmetric=rows % 2 == 1)
-    x = _strided(rows, k, dtype, scale=3.0)
+    x = strided(rows, k, dtype, scale=3.0)
     x[0] = 0  # a row of zeros quantises to scale 0
-    norm_args = {}
-    if norm == "layernorm":
-        norm_args = dict(gamma=torch.randn(k).to(dtype), beta=torch.randn(k).to(dtype), eps=1e-5)
-    kwargs = dict(bias=torch.randn(n).to(dtype) if bias else None,
-                  residual=_strided(rows, n, dtype) if residual else None,
-                  act_start=max(n // 2 - 3, 1) if act_start == "mid" else act_start)
+    norm_args, kwargs = epilogue_args(rows, k, n, dtype, norm, bias, residual, act_start)
     out = cpu_ops.int4_linear(x, packed, params, n, **kwargs, **norm_args)
     assert out.dtype == dtype and out.shape == (rows, n) and out.is_contiguous()
     # From the same int8 activations (the C++ rounding of a tie may differ) the rest must match.
@@ -150,7 +134,7 @@ def test_int4_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops
 
 def test_int4_linear_fp32_logits_from_bf16(cpu_ops):
     packed, params = reference.quantize_pack_int4(torch.randn(300, 64), 32)
-    x, gamma, beta = torch.randn(5, 64).bfloat16(), torch.randn(64).bfloat16(), torch.randn(64).bfloat16()
+    x, gamma, beta = bf16_norm_inputs(5, 64)
     out = cpu_ops.int4_linear(x, packed, params, 300, gamma=gamma, beta=beta, out_dtype=torch.float32)
     assert out.dtype == torch.float32
     assert_close(out, reference.int4_linear(x, packed, params, 300, gamma=gamma, beta=beta, out_dtype=torch.float32))

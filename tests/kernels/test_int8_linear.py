@@ -7,22 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_helpers import assert_close
+from kernel_helpers import assert_close, strided
 from kernels import reference
-
-# (rows, in_features, out_features)
-SHAPES = [(1, 7, 5), (3, 64, 16), (9, 37, 33), (33, 130, 50), (300, 96, 200), (8, 768, 2304)]
-DTYPES = [torch.float32, torch.bfloat16]
+from linear_cases import (DTYPE_IDS, DTYPES, SHAPES, bf16_norm_inputs, epilogue_args, epilogue_cases,
+                          integer_rows)
 
 
 def _weights(k, n):
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
     return (w, *reference.pack_int8_weight(w))
-
-
-def _strided(rows, cols, dtype, scale=1.0):
-    """[rows, cols] view whose rows are further apart than cols."""
-    return (torch.randn(rows, cols + 5) * scale)[:, 2:cols + 2].to(dtype)
 
 
 def test_pack_int8_weight_layout():
@@ -35,7 +28,7 @@ def test_pack_int8_weight_layout():
     assert torch.equal(colsum[:21], w.sum(1, dtype=torch.int32)) and (colsum[21:] == 0).all()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("n,k", [(1, 1), (5, 7), (33, 130), (50, 96), (2304, 768)])
 def test_quantize_pack_int8_equals_reference(n, k, dtype, cpu_ops):
     """The load-time quantise-and-pack gives the reference's bits: scales, packed values, colsum.
@@ -62,34 +55,24 @@ def test_quantize_pack_int8_rejects_bad_weights(cpu_ops):
     assert packed.shape == (1, 5, 16, 4) and scales.shape == (12,)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("rows,k,n", SHAPES)
 def test_int8_linear_sums_exact(rows, k, n, dtype, cpu_ops):
     # Integer activations whose rows reach +-127 quantise to themselves (scale 1); with unit weight
     # scales and an fp32 output, out holds the int32 sums (all below 2^24, exact in fp32).
-    x = torch.randint(-127, 128, (rows, k)).float()
-    x[:, 0] = 127
+    x = integer_rows(rows, k)
     w, packed, colsum = _weights(k, n)
     out = cpu_ops.int8_linear(x.to(dtype), packed, colsum, torch.ones(n), out_dtype=torch.float32)
     assert torch.equal(out, (x.long() @ w.long().t()).float())
 
 
-@pytest.mark.parametrize("act_start", [None, 0, "mid"])
-@pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("norm", ["none", "layernorm"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("rows,k,n", SHAPES)
+@epilogue_cases()
 def test_int8_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops):
     w, packed, colsum = _weights(k, n)
-    x = _strided(rows, k, dtype, scale=3.0)
+    x = strided(rows, k, dtype, scale=3.0)
     x[0] = 0  # a row of zeros quantises to scale 0
-    norm_args = {}
-    if norm == "layernorm":
-        norm_args = dict(gamma=torch.randn(k).to(dtype), beta=torch.randn(k).to(dtype), eps=1e-5)
+    norm_args, kwargs = epilogue_args(rows, k, n, dtype, norm, bias, residual, act_start)
     w_scales = torch.rand(n) / (k * 16)
-    kwargs = dict(bias=torch.randn(n).to(dtype) if bias else None,
-                  residual=_strided(rows, n, dtype) if residual else None,
-                  act_start=max(n // 2 - 3, 1) if act_start == "mid" else act_start)
     out = cpu_ops.int8_linear(x, packed, colsum, w_scales, **kwargs, **norm_args)
     assert out.dtype == dtype and out.shape == (rows, n) and out.is_contiguous()
     # The C++ quantisation (held to the reference by test_quantize_rows) may round a tie the other
@@ -102,7 +85,7 @@ def test_int8_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops
 def test_int8_linear_fp32_logits_from_bf16(cpu_ops):
     # The lm_head case: bf16 activations through ln_f, fp32 output.
     w, packed, colsum = _weights(64, 300)
-    x, gamma, beta = torch.randn(5, 64).bfloat16(), torch.randn(64).bfloat16(), torch.randn(64).bfloat16()
+    x, gamma, beta = bf16_norm_inputs(5, 64)
     w_scales = torch.rand(300) * 0.01
     out = cpu_ops.int8_linear(x, packed, colsum, w_scales, gamma=gamma, beta=beta, out_dtype=torch.float32)
     assert out.dtype == torch.float32
@@ -142,7 +125,7 @@ def test_int8_linear_bf16_store_rounds_like_torch(act_start, cpu_ops):
     # The epilogue's bf16 store (8 or 16 lanes at a time, element by element at a panel's edge)
     # rounds to nearest even as torch does: the bf16 output is the fp32 output rounded, bit for bit.
     w, packed, colsum = _weights(96, 50)
-    x = _strided(9, 96, torch.bfloat16, scale=3.0)
+    x = strided(9, 96, torch.bfloat16, scale=3.0)
     w_scales = torch.rand(50) / 96
     fp32 = cpu_ops.int8_linear(x, packed, colsum, w_scales, act_start=act_start, out_dtype=torch.float32)
     bf16 = cpu_ops.int8_linear(x, packed, colsum, w_scales, act_start=act_start, out_dtype=torch.bfloat16)

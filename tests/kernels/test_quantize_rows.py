@@ -6,23 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_helpers import assert_close
+from kernel_helpers import assert_close, strided
 from kernels import reference
 
 SHAPES = [(1, 7), (5, 96), (33, 1024), (300, 130)]
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-def _strided(rows, dim, dtype, scale=3.0):
-    """[rows, dim] view with a row stride larger than dim (a slice of a wider tensor)."""
-    return (torch.randn(rows, dim + 5) * scale)[:, 2:dim + 2].to(dtype)
-
-
 @pytest.mark.parametrize("norm", ["none", "layernorm", "layernorm_no_beta"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("rows,dim", SHAPES)
 def test_quantize_rows(rows, dim, dtype, norm, cpu_ops):
-    x = _strided(rows, dim, dtype)
+    x = strided(rows, dim, dtype, scale=3.0)
     x[0] = 0  # a row of zeros: scale 0, every value at the zero point
     args = ()
     if norm != "none":
