@@ -14,10 +14,7 @@ from engine.layers.quant import Int8Linear
 from engine.tools.bench_quality import agreement
 from engine.worker.model_runner import resolve_dtype
 from kernels import reference
-
-
-def _relative_error(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
+from tests.layers.quant_helpers import assert_batched_equals_single, norm_gelu_residual_case, relative_error
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
@@ -29,26 +26,18 @@ def test_int4_linear_close_to_float(rows, group_size):
     ref = F.linear(x.float(), linear.weight.float(), linear.bias.float())
     out = Int4Linear(linear.weight, linear.bias, group_size=group_size)(x)
     assert out.dtype == torch.bfloat16 and out.shape == (rows, 80)
-    assert _relative_error(out, ref) < 0.08, f"at {rows} rows"
+    assert relative_error(out, ref) < 0.08, f"at {rows} rows"
 
 
 @pytest.mark.parametrize("rows", [1, 33, 300])
 def test_int4_linear_fuses_norm_gelu_residual(rows):
-    linear = nn.Linear(64, 96).to(torch.bfloat16)
-    norm = nn.LayerNorm(64).to(torch.bfloat16)
-    with torch.no_grad():
-        norm.weight.normal_(1.0, 0.2), norm.bias.normal_(0.0, 0.2)
-    x = (torch.randn(rows, 64) * 4 + 1).to(torch.bfloat16)
-    residual = torch.randn(rows, 96).to(torch.bfloat16)
-    h = F.layer_norm(x.float(), (64,), norm.weight.float(), norm.bias.float())
-    y = F.linear(h, linear.weight.float(), linear.bias.float())
-    ref = residual.float() + torch.cat([y[:, :40], F.gelu(y[:, 40:], approximate="tanh")], dim=1)
+    linear, norm, x, residual, y, ref = norm_gelu_residual_case(rows)
     int4 = Int4Linear(linear.weight, linear.bias)
     out = int4(x, norm=norm, act_start=40, residual=residual)
     assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
-    assert _relative_error(out, ref) < 0.08
+    assert relative_error(out, ref) < 0.08
     fused = project(int4, x, norm=norm, act="gelu_new", residual=residual)  # gelu on every column
-    assert _relative_error(fused, residual.float() + F.gelu(y, approximate="tanh")) < 0.08
+    assert relative_error(fused, residual.float() + F.gelu(y, approximate="tanh")) < 0.08
     reference_path = Int4Linear(linear.weight, linear.bias, ops=reference)
     torch.testing.assert_close(reference_path(x, norm=norm, act_start=40, residual=residual), out,
                                atol=0.05, rtol=0.02)
@@ -85,13 +74,7 @@ def test_int4_batched_equals_single(tiny_codegen_dir, tiny_gptneo_dir, which):
     # number of rows: batching leaves greedy tokens unchanged (as for int8).
     model = tiny_codegen_dir if which == "codegen" else tiny_gptneo_dir
     llm = LLM(model=str(model), dtype="int4", num_kv_blocks=256, enable_prefix_caching=False)
-    gen = torch.Generator().manual_seed(3)
-    prompts = [{"prompt_token_ids": torch.randint(0, 200, (n,), generator=gen).tolist()}
-               for n in (5, 17, 40, 3, 64, 23)]
-    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-    batched = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-    single = [llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
-    assert batched == single
+    assert_batched_equals_single(llm)
 
 
 def test_int4_torch_backend_runs_the_reference(tiny_codegen_dir):

@@ -10,10 +10,7 @@ from engine import LLM, SamplingParams
 from engine.layers.linear import activation, project
 from engine.layers.quant import Int8Linear
 from engine.tools.bench_quality import agreement
-
-
-def _relative_error(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
+from tests.layers.quant_helpers import assert_batched_equals_single, norm_gelu_residual_case, relative_error
 
 
 @pytest.fixture(params=["packed", "dequantized"])
@@ -35,23 +32,15 @@ def test_int8_linear_close_to_float(rows, bias, int8_path):
     ref = F.linear(x.float(), linear.weight.float(), None if linear.bias is None else linear.bias.float())
     out = _int8(linear, int8_path)(x)
     assert out.dtype == torch.bfloat16 and out.shape == (rows, 80)
-    assert _relative_error(out, ref) < 0.03, f"at {rows} rows"
+    assert relative_error(out, ref) < 0.03, f"at {rows} rows"
 
 
 @pytest.mark.parametrize("rows", [1, 33, 300])
 def test_int8_linear_fuses_norm_gelu_residual(rows, int8_path):
-    linear = nn.Linear(64, 96).to(torch.bfloat16)
-    norm = nn.LayerNorm(64).to(torch.bfloat16)
-    with torch.no_grad():
-        norm.weight.normal_(1.0, 0.2), norm.bias.normal_(0.0, 0.2)
-    x = (torch.randn(rows, 64) * 4 + 1).to(torch.bfloat16)
-    residual = torch.randn(rows, 96).to(torch.bfloat16)
-    h = F.layer_norm(x.float(), (64,), norm.weight.float(), norm.bias.float())
-    y = F.linear(h, linear.weight.float(), linear.bias.float())
-    ref = residual.float() + torch.cat([y[:, :40], F.gelu(y[:, 40:], approximate="tanh")], dim=1)
+    linear, norm, x, residual, _, ref = norm_gelu_residual_case(rows)
     out = _int8(linear, int8_path)(x, norm=norm, act_start=40, residual=residual)
     assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
-    assert _relative_error(out, ref) < 0.03
+    assert relative_error(out, ref) < 0.03
 
 
 @pytest.mark.parametrize("act_name", ["gelu_new", "gelu", "relu"])
@@ -65,7 +54,7 @@ def test_project_fused_matches_unfused(act_name, rows, int8_path):
     for module, tol in ((linear, 0.01), (_int8(linear, int8_path), 0.03)):
         out = project(module, x, act=act_name)
         assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
-        assert _relative_error(out, ref) < tol, type(module).__name__
+        assert relative_error(out, ref) < tol, type(module).__name__
 
 
 @pytest.mark.parametrize("chunk", [0, 8], ids=["whole", "chunked"])
@@ -97,13 +86,7 @@ def test_packed_batched_equals_single(tiny_codegen_dir, tiny_gptneo_dir, which, 
     # other rows of the step, so batching (and chunking) leaves greedy tokens unchanged.
     model = tiny_codegen_dir if which == "codegen" else tiny_gptneo_dir
     llm = LLM(model=str(model), dtype=dtype, num_kv_blocks=256, enable_prefix_caching=False)
-    gen = torch.Generator().manual_seed(3)
-    prompts = [{"prompt_token_ids": torch.randint(0, 200, (n,), generator=gen).tolist()}
-               for n in (5, 17, 40, 3, 64, 23)]
-    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-    batched = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-    single = [llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
-    assert batched == single
+    assert_batched_equals_single(llm)
 
 
 def test_logits_fp32_undoes_bf16_output_rounding():
@@ -121,7 +104,7 @@ def test_logits_fp32_undoes_bf16_output_rounding():
     assert torch.equal(out.argmax(-1), exact.argmax(-1))
     assert (out - exact).abs().max() < 0.05  # the rest: bf16 rounding only
     int8_out = logits_fp32(Int8Linear.from_linear(head, torch.float32), norm, hidden)
-    assert int8_out.dtype == torch.float32 and _relative_error(int8_out, exact) < 0.03
+    assert int8_out.dtype == torch.float32 and relative_error(int8_out, exact) < 0.03
 
 
 def test_packed_linear_rebinds_after_apply():
