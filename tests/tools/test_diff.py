@@ -49,6 +49,19 @@ def random_edit(rng: random.Random, text: str) -> str:
     return "\n".join(lines)
 
 
+def random_cases(seed: int, num_cases: int, vary_format: bool = False):
+    """(case, before, after, diff) of random edits that change the text; vary_format: random
+    context sizes (0, 1, 3) and headers on or off, else git's format."""
+    rng = random.Random(seed)
+    for case in range(num_cases):
+        before = random_text(rng)
+        after = random_edit(rng, before)
+        if after == before:
+            continue
+        options = dict(context=rng.choice([0, 1, 3]), headers=rng.random() < 0.5) if vary_format else {}
+        yield case, before, after, make_diff(before, after, **options)
+
+
 def test_build_prompt_is_diff_codegen_format():
     # the file goes in verbatim (its own final newline included), as the training data had it
     assert build_prompt("src/a.py", "x = 1\n", "Fix x") == \
@@ -88,25 +101,13 @@ def test_no_newline_at_end_of_file():
 
 
 def test_round_trip_random_edits():
-    rng = random.Random(0)
-    for case in range(500):
-        before = random_text(rng)
-        after = random_edit(rng, before)
-        if after == before:
-            continue
-        diff = make_diff(before, after, context=rng.choice([0, 1, 3]), headers=rng.random() < 0.5)
+    for case, before, after, diff in random_cases(0, 500, vary_format=True):
         assert apply_diff(before, diff) == after, (case, before, diff)
 
 
 @pytest.mark.skipif(shutil.which("patch") is None, reason="GNU patch not installed")
 def test_agrees_with_gnu_patch(tmp_path):
-    rng = random.Random(7)
-    for _ in range(25):
-        before = random_text(rng)
-        after = random_edit(rng, before)
-        if after == before:
-            continue
-        diff = make_diff(before, after)
+    for _, before, after, diff in random_cases(7, 25):
         (tmp_path / "f.py").write_text(before)
         subprocess.run(["patch", "-s", "--fuzz=0", str(tmp_path / "f.py")],
                        input=diff.encode(), check=True)
