@@ -13,6 +13,8 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..engine_metrics import ENGINE_SAMPLES, engine_families
+
 STATS_PERIOD_S = 0.5
 # Long enough that a replica busy on a shared machine (its pushes late) does not flicker off.
 STALE_AFTER_S = 10.0
@@ -38,22 +40,10 @@ class StatsBoard:
         return {replica_id: stats for replica_id, (_, stats) in self._stats.items()}
 
 
-# (metric, help, stats key, kind) of each per-replica sample.
-_SAMPLES = (
-    ("codeinfer_replica_num_requests_running", "Requests scheduled in the replica's engine.",
-     "num_running", "gauge"),
-    ("codeinfer_replica_num_requests_waiting", "Requests queued in the replica's engine.",
-     "num_waiting", "gauge"),
-    ("codeinfer_replica_kv_blocks_used", "KV-cache blocks in use in the replica.",
-     "num_used_blocks", "gauge"),
-    ("codeinfer_replica_kv_blocks_total", "KV-cache blocks of the replica.", "num_total_blocks",
-     "gauge"),
-    ("codeinfer_replica_prefix_cache_queries", "Prompt tokens the replica looked up in its "
-     "prefix cache.", "prefix_cache_queries", "counter"),
-    ("codeinfer_replica_prefix_cache_hits", "Prompt tokens the replica found in its prefix cache.",
-     "prefix_cache_hits", "counter"),
-    ("codeinfer_replica_aborted_requests", "Requests aborted in the replica because the client "
-     "left.", "num_aborted", "counter"),
+# The engine samples of each replica (codeinfer_replica_*), and its client-left aborts.
+_REPLICA_SAMPLES = ENGINE_SAMPLES + (
+    ("aborted_requests", "Requests aborted in the replica because the client left.", "num_aborted",
+     "counter"),
 )
 
 
@@ -77,16 +67,8 @@ class ReplicaCollector:
         return []
 
     def collect(self):
-        per_replica = self.client.replica_stats
-        families = {}
-        for name, doc, _, kind in _SAMPLES:
-            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
-            families[name] = family(name, doc, labels=["replica"])
-        usage = GaugeMetricFamily("codeinfer_replica_kv_cache_usage_ratio",
-                                  "Fraction of the replica's KV blocks in use.", labels=["replica"])
-        hit_rate = GaugeMetricFamily("codeinfer_replica_prefix_cache_hit_rate",
-                                     "The replica's prefix-cache hits / queries (tokens).",
-                                     labels=["replica"])
+        rows = [((replica_id,), stats) for replica_id, stats in sorted(self.client.replica_stats.items())]
+        yield from engine_families("codeinfer_replica_", _REPLICA_SAMPLES, rows, ("replica",))
         info = GaugeMetricFamily("codeinfer_replica_info", "One per live replica: its process.",
                                  labels=["replica", "pid"])
         # Counted here, where the router's choice arrives, so a late stats push cannot hide one.
@@ -95,13 +77,6 @@ class ReplicaCollector:
                                      labels=["replica"])
         for replica_id, count in sorted(self.client.routed.items()):
             routed.add_metric([replica_id], float(count))
-        for replica_id, stats in sorted(per_replica.items()):
-            for name, _, key, _ in _SAMPLES:
-                families[name].add_metric([replica_id], float(stats.get(key, 0)))
-            total, queries = stats.get("num_total_blocks", 0), stats.get("prefix_cache_queries", 0)
-            usage.add_metric([replica_id], stats.get("num_used_blocks", 0) / total if total else 0.0)
-            hit_rate.add_metric([replica_id],
-                                stats.get("prefix_cache_hits", 0) / queries if queries else 0.0)
+        for (replica_id,), stats in rows:
             info.add_metric([replica_id, str(stats.get("pid", ""))], 1.0)
-        yield from families.values()
-        yield from (usage, hit_rate, info, routed)
+        yield from (info, routed)

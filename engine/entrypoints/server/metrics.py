@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..engine_metrics import ENGINE_SAMPLES, engine_families
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
@@ -17,6 +19,12 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05
                 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 OUTCOMES = ("success", "aborted", "rejected", "invalid", "unauthorized", "error")
+
+_SERVER_SAMPLES = ENGINE_SAMPLES + (
+    ("cpu_threads", "Threads the CPU kernels run decode steps on now (at most --threads; fewer "
+     "while other work holds cores; prefill steps use every thread).", "num_cpu_threads", "gauge"),
+    ("num_preemptions", "Requests preempted by the scheduler.", "num_preemptions", "counter"),
+)
 
 
 class ServerMetrics:
@@ -64,35 +72,11 @@ class _EngineCollector:
 
     def collect(self):
         stats = self.async_llm.stats
-        gauges = (
-            ("codeinfer_num_requests_running", "Requests scheduled in the engine.", "num_running"),
-            ("codeinfer_num_requests_waiting", "Requests queued in the engine.", "num_waiting"),
-            ("codeinfer_kv_blocks_used", "KV-cache blocks in use by requests.", "num_used_blocks"),
-            ("codeinfer_kv_blocks_total", "KV-cache blocks allocated.", "num_total_blocks"),
-            ("codeinfer_cpu_threads", "Threads the CPU kernels run decode steps on now (at most "
-             "--threads; fewer while other work holds cores; prefill steps use every thread).",
-             "num_cpu_threads"),
-        )
-        for name, doc, key in gauges:
-            yield GaugeMetricFamily(name, doc, value=float(stats.get(key, 0)))
-        total = stats.get("num_total_blocks", 0)
-        yield GaugeMetricFamily("codeinfer_kv_cache_usage_ratio", "Fraction of KV blocks in use.",
-                                value=stats.get("num_used_blocks", 0) / total if total else 0.0)
+        yield from engine_families("codeinfer_", _SERVER_SAMPLES, [((), stats)])
         yield GaugeMetricFamily(
             "codeinfer_server_waiting_requests",
             "Requests accepted by the server that have not produced a token yet (bounded by --max-queue).",
             value=float(self.async_llm.num_waiting))
-        queries = stats.get("prefix_cache_queries", 0)
-        hits = stats.get("prefix_cache_hits", 0)
-        yield CounterMetricFamily("codeinfer_prefix_cache_queries",
-                                  "Prompt tokens looked up in the prefix cache.", value=queries)
-        yield CounterMetricFamily("codeinfer_prefix_cache_hits",
-                                  "Prompt tokens found in the prefix cache.", value=hits)
-        yield GaugeMetricFamily("codeinfer_prefix_cache_hit_rate",
-                                "Prefix-cache hits / queries (tokens) since start.",
-                                value=hits / queries if queries else 0.0)
-        yield CounterMetricFamily("codeinfer_num_preemptions", "Requests preempted by the scheduler.",
-                                  value=stats.get("num_preemptions", 0))
         yield from _spec_decode_metrics(stats)
 
 
