@@ -97,6 +97,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
+def warm_up(url: str, prompts: list[str]) -> None:
+    """Two short requests before any timing (the first requests of a server pay its start-up)."""
+    asyncio.run(load_level(url, prompts[:1], 1, 2, 4))
+
+
 async def load_level(url: str, prompts: list[str], concurrency: int, num_requests: int,
                      max_tokens: int) -> dict:
     ttfts, gaps, total_tokens = [], [], 0
@@ -174,13 +179,47 @@ def source_text() -> str:
     return "\n".join(p.read_text() for p in sorted((REPO / "engine").rglob("*.py")))
 
 
+def model_and_sources(model: str | None):
+    """(model_dir, config, tokenizer, ids): the checkpoint (default: the bundled model) and this
+    repository's engine sources in its tokens."""
+    from engine.config import load_config
+    from engine.core.llm_engine import default_model_dir
+    from engine.tokenizer import Tokenizer
+
+    model_dir = Path(model) if model else default_model_dir()
+    config = load_config(model_dir)
+    tokenizer = Tokenizer(model_dir, config.eos_token_id)
+    return model_dir, config, tokenizer, tokenizer.encode(source_text())
+
+
+def load_prompts(tokenizer, ids: list[int], prompt_tokens: int, num_prompts: int = 64) -> list[str]:
+    """Up to num_prompts consecutive prompt_tokens-token slices of ids, as text."""
+    return [tokenizer.decode(ids[i:i + prompt_tokens])
+            for i in range(0, min(num_prompts * prompt_tokens, len(ids) - prompt_tokens), prompt_tokens)]
+
+
+def add_load_args(parser: argparse.ArgumentParser) -> None:
+    """The model and the closed-loop load flags of the serving benchmarks, and --json."""
+    parser.add_argument("--model", default=None, help="checkpoint dir (default: bundled model)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--json", default=None, help="also write the results here")
+
+
+def write_json(path: str | None, results: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="checkpoint dir (default: bundled model)")
+    add_load_args(parser)
     parser.add_argument("--url", default=None, help="benchmark a running server instead "
                         "(the keystroke on/off comparison then needs --url-no-cache)")
     parser.add_argument("--url-no-cache", default=None)
-    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--kv-cache-dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="the engine's CPU threads, server and offline alike (default: the engine's)")
@@ -191,25 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run each load level offline (codeinfer bench) and pair the ratios")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of each load level (with --offline: "
                         "server and offline alternating)")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prefix-tokens", type=int, default=1000)
     parser.add_argument("--keystrokes", type=int, default=24)
     parser.add_argument("--keystroke-max-tokens", type=int, default=8)
     parser.add_argument("--skip-load", action="store_true")
-    parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from engine.config import load_config
-    from engine.core.llm_engine import default_model_dir
-    from engine.tokenizer import Tokenizer
-
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    config = load_config(model_dir)
-    tokenizer = Tokenizer(model_dir, config.eos_token_id)
-    ids = tokenizer.encode(source_text())
+    model_dir, config, tokenizer, ids = model_and_sources(args.model)
     context = config.max_position_embeddings
     results: dict = {"model": model_dir.name, "dtype": args.dtype, "load": [], "keystroke": {}}
     server_args = ["--dtype", args.dtype, "--kv-cache-dtype", args.kv_cache_dtype,
@@ -218,12 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--offline runs its own server (leave out --url)")
 
     prompt_tokens = min(args.prompt_tokens, context - args.max_tokens - 1)
-    prompts = [tokenizer.decode(ids[i:i + prompt_tokens])
-               for i in range(0, min(64 * prompt_tokens, len(ids) - prompt_tokens), prompt_tokens)]
+    prompts = load_prompts(tokenizer, ids, prompt_tokens)
     server = None if args.url else Server(args.model, *server_args)
     url = args.url or server.url
     try:
-        asyncio.run(load_level(url, prompts[:1], 1, 2, 4))   # warm-up
+        warm_up(url, prompts)
         for concurrency in ([] if args.skip_load else map(int, args.concurrency.split(","))):
             server_rows, offline_rows = [], []
             for _ in range(args.repeat):
@@ -255,15 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     off_url = args.url_no_cache or (off_server.url if off_server else None)
     if off_url:
         try:
-            asyncio.run(load_level(off_url, prompts[:1], 1, 2, 4))
+            warm_up(off_url, prompts)
             results["keystroke"]["off"] = asyncio.run(keystrokes(off_url, prefix_ids, tail_ids,
                                                                  args.keystroke_max_tokens))
             print("keystroke, prefix caching off:", json.dumps(results["keystroke"]["off"]))
         finally:
             if off_server:
                 off_server.close()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return 0
 
 

@@ -23,11 +23,11 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import Server, load_level, pct, source_text, stream_one
+from benchmarks.serving import (Server, add_load_args, load_level, load_prompts, model_and_sources, pct,
+                                stream_one, warm_up, write_json)
 
 
 def wait_replicas(server: Server, num_replicas: int, timeout: float = 300.0) -> None:
@@ -72,35 +72,22 @@ async def editors(url: str, files: list[list[int]], prefix_tokens: int, keystrok
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="checkpoint dir (default: bundled model)")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    add_load_args(parser)
     parser.add_argument("--editors", type=int, default=8)
     parser.add_argument("--prefix-tokens", type=int, default=400)
     parser.add_argument("--keystrokes", type=int, default=16)
     parser.add_argument("--keystroke-max-tokens", type=int, default=4)
     parser.add_argument("--num-kv-blocks", type=int, default=160,
                         help="KV blocks of each replica (the single engine: twice as many)")
-    parser.add_argument("--json", default=None, help="also write the results here")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from engine.config import load_config
-    from engine.core.llm_engine import default_model_dir
-    from engine.tokenizer import Tokenizer
-
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    config = load_config(model_dir)
-    ids = Tokenizer(model_dir, config.eos_token_id).encode(source_text())
+    model_dir, _, tokenizer, ids = model_and_sources(args.model)
     span = args.prefix_tokens + args.keystrokes
     files = [ids[i * 3 * span:i * 3 * span + span] for i in range(args.editors)]
-    prompts = [Tokenizer(model_dir, config.eos_token_id).decode(ids[i:i + args.prompt_tokens])
-               for i in range(0, 64 * args.prompt_tokens, args.prompt_tokens)]
+    prompts = load_prompts(tokenizer, ids, args.prompt_tokens)
     blocks = str(args.num_kv_blocks)
     replicas = ["--dtype", args.dtype, "--num-kv-blocks", blocks, "--num-replicas", "2",
                 "--threads-per-replica", "1"]
@@ -111,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"model": model_dir.name, "args": vars(args), "load": [], "keystroke": {}}
 
     def keystroke_run(name: str, url: str) -> None:
-        asyncio.run(load_level(url, prompts[:1], 1, 2, 4))   # warm-up
+        warm_up(url, prompts)
         row = asyncio.run(editors(url, files, args.prefix_tokens, args.keystrokes,
                                   args.keystroke_max_tokens))
         results["keystroke"][name] = row
@@ -138,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.close()
     finally:
         single.close()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return 0
 
 
