@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_helpers import strided
+from kernel_helpers import assert_close, strided
 
 # (rows, in_features, out_features): partial 16-column panels, K not a multiple of 4, row tails,
 # several row blocks.
@@ -40,6 +40,20 @@ def epilogue_args(rows, k, n, dtype, norm, bias, residual, act_start):
                   residual=strided(rows, n, dtype) if residual else None,
                   act_start=max(n // 2 - 3, 1) if act_start == "mid" else act_start)
     return norm_args, kwargs
+
+
+def check_against_int8_gemm(cpu_ops, linear, gemm, rows, k, n, dtype, norm, bias, residual, act_start):
+    """linear(x, **epilogue) of an int8-activation linear on a strided x (row 0 all zeros: scale 0)
+    against the reference gemm(xq, x_scales, out_dtype=, **epilogue) from the C++ int8 activations
+    of x: the C++ quantisation (held to the reference by test_quantize_rows) may round a tie the
+    other way; from the same activations the rest must match."""
+    x = strided(rows, k, dtype, scale=3.0)
+    x[0] = 0
+    norm_args, kwargs = epilogue_args(rows, k, n, dtype, norm, bias, residual, act_start)
+    out = linear(x, **kwargs, **norm_args)
+    assert out.dtype == dtype and out.shape == (rows, n) and out.is_contiguous()
+    xq, x_scales = cpu_ops.quantize_rows(x, norm_args.get("gamma"), norm_args.get("beta"))
+    assert_close(out, gemm(xq, x_scales, out_dtype=dtype, **kwargs))
 
 
 def integer_rows(rows, k):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_helpers import assert_close, strided
+from kernel_helpers import assert_close
 from kernels import reference
-from linear_cases import (DTYPE_IDS, DTYPES, SHAPES, bf16_norm_inputs, epilogue_args, epilogue_cases,
-                          integer_rows)
+from linear_cases import (DTYPE_IDS, DTYPES, SHAPES, bf16_norm_inputs, check_against_int8_gemm,
+                          epilogue_cases, integer_rows)
 
 GROUPS = [32, 64, 128]
 
@@ -121,15 +121,10 @@ def test_int4_linear_sums_exact(rows, k, n, dtype, group_size, cpu_ops):
 def test_int4_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops):
     group_size = GROUPS[(rows + k) % 3]
     packed, params = reference.quantize_pack_int4(torch.randn(n, k) / k ** 0.5, group_size, asymmetric=rows % 2 == 1)
-    x = strided(rows, k, dtype, scale=3.0)
-    x[0] = 0  # a row of zeros quantises to scale 0
-    norm_args, kwargs = epilogue_args(rows, k, n, dtype, norm, bias, residual, act_start)
-    out = cpu_ops.int4_linear(x, packed, params, n, **kwargs, **norm_args)
-    assert out.dtype == dtype and out.shape == (rows, n) and out.is_contiguous()
-    # From the same int8 activations (the C++ rounding of a tie may differ) the rest must match.
-    xq, x_scales = cpu_ops.quantize_rows(x, norm_args.get("gamma"), norm_args.get("beta"))
-    expected = reference.int4_gemm(xq, x_scales, packed, params, n, out_dtype=dtype, **kwargs)
-    assert_close(out, expected)
+    check_against_int8_gemm(
+        cpu_ops, lambda x, **kw: cpu_ops.int4_linear(x, packed, params, n, **kw),
+        lambda xq, x_scales, **kw: reference.int4_gemm(xq, x_scales, packed, params, n, **kw),
+        rows, k, n, dtype, norm, bias, residual, act_start)
 
 
 def test_int4_linear_fp32_logits_from_bf16(cpu_ops):

@@ -9,8 +9,8 @@ import torch
 
 from kernel_helpers import assert_close, strided
 from kernels import reference
-from linear_cases import (DTYPE_IDS, DTYPES, SHAPES, bf16_norm_inputs, epilogue_args, epilogue_cases,
-                          integer_rows)
+from linear_cases import (DTYPE_IDS, DTYPES, SHAPES, bf16_norm_inputs, check_against_int8_gemm,
+                          epilogue_cases, integer_rows)
 
 
 def _weights(k, n):
@@ -69,17 +69,11 @@ def test_int8_linear_sums_exact(rows, k, n, dtype, cpu_ops):
 @epilogue_cases()
 def test_int8_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops):
     w, packed, colsum = _weights(k, n)
-    x = strided(rows, k, dtype, scale=3.0)
-    x[0] = 0  # a row of zeros quantises to scale 0
-    norm_args, kwargs = epilogue_args(rows, k, n, dtype, norm, bias, residual, act_start)
     w_scales = torch.rand(n) / (k * 16)
-    out = cpu_ops.int8_linear(x, packed, colsum, w_scales, **kwargs, **norm_args)
-    assert out.dtype == dtype and out.shape == (rows, n) and out.is_contiguous()
-    # The C++ quantisation (held to the reference by test_quantize_rows) may round a tie the other
-    # way; from the same int8 activations the rest must match the reference.
-    xq, x_scales = cpu_ops.quantize_rows(x, norm_args.get("gamma"), norm_args.get("beta"))
-    expected = reference.int8_gemm(xq, x_scales, packed, colsum, w_scales, out_dtype=dtype, **kwargs)
-    assert_close(out, expected)
+    check_against_int8_gemm(
+        cpu_ops, lambda x, **kw: cpu_ops.int8_linear(x, packed, colsum, w_scales, **kw),
+        lambda xq, x_scales, **kw: reference.int8_gemm(xq, x_scales, packed, colsum, w_scales, **kw),
+        rows, k, n, dtype, norm, bias, residual, act_start)
 
 
 def test_int8_linear_fp32_logits_from_bf16(cpu_ops):
