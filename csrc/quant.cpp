@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,6 +48,29 @@ void quantize_rows_impl(const QuantizeArgs& a) {
   }
 }
 
+// One weight row: q = clamp(round(row / scale), +-127) into q[0:K] and zeros to q[4 Kw); returns the
+// scale, the row's sum into *sum. Written so every loop vectorises: rounding to nearest even by
+// adding 1.5 * 2^23 (exact, |row / scale| <= 127 + rounding), ternaries for the clamp and the max.
+template <typename T>
+float quantize_weight_row(const T* row, float* buf, int8_t* q, int64_t K, int64_t Kw, int32_t* sum) {
+  load_row(row, buf, K);
+  float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+  for (int64_t k = 0; k < K; ++k) amax = amax > __builtin_fabsf(buf[k]) ? amax : __builtin_fabsf(buf[k]);
+  const float scale = std::max(amax / 127.0f, 1e-12f);
+  int32_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t k = 0; k < K; ++k) {
+    float v = (buf[k] / scale + 12582912.0f) - 12582912.0f;
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    q[k] = static_cast<int8_t>(static_cast<int32_t>(v));
+    total += static_cast<int32_t>(v);
+  }
+  std::fill(q + K, q + 4 * Kw, int8_t{0});
+  *sum = total;
+  return scale;
+}
+
 template <typename T>
 void quantize_pack_int8_impl(const QuantPackArgs& a) {
   const T* w = reinterpret_cast<const T*>(a.weight);
@@ -54,28 +78,24 @@ void quantize_pack_int8_impl(const QuantPackArgs& a) {
   int32_t* colsum = reinterpret_cast<int32_t*>(a.colsum);
   float* scales = reinterpret_cast<float*>(a.scales);
   const int64_t N = a.out_features, K = a.in_features, Kw = (K + 3) / 4, P = (N + 15) / 16;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t p = 0; p < P; ++p) {
-    int8_t* panel = packed + p * Kw * 64;
-    std::fill(panel, panel + Kw * 64, int8_t{0});
-    for (int64_t c = 0; c < 16; ++c) {
-      const int64_t n = 16 * p + c;
-      if (n >= N) {
-        colsum[n] = 0;
-        continue;
+#pragma omp parallel
+  {
+    std::vector<float> buf(K);       // a row in fp32
+    std::vector<int8_t> q(4 * Kw);   // its int8 values, zero past K
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < P; ++p) {
+      int8_t* panel = packed + p * Kw * 64;
+      for (int64_t c = 0; c < 16; ++c) {
+        const int64_t n = 16 * p + c;
+        if (n < N) {
+          scales[n] = quantize_weight_row(w + n * K, buf.data(), q.data(), K, Kw, colsum + n);
+        } else {  // padding column: zero weights
+          std::fill(q.begin(), q.end(), int8_t{0});
+          colsum[n] = 0;
+        }
+        // Column c's 4 bytes of each k word; every byte of the panel is written, no clearing pass.
+        for (int64_t kw = 0; kw < Kw; ++kw) std::memcpy(panel + kw * 64 + c * 4, q.data() + 4 * kw, 4);
       }
-      const T* row = w + n * K;
-      float amax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(to_float(row[k])));
-      const float scale = std::max(amax / 127.0f, 1e-12f);
-      int32_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const float q = std::clamp(std::nearbyint(to_float(row[k]) / scale), -127.0f, 127.0f);
-        panel[(k / 4) * 64 + c * 4 + k % 4] = static_cast<int8_t>(q);
-        sum += static_cast<int32_t>(q);
-      }
-      scales[n] = scale;
-      colsum[n] = sum;
     }
   }
 }

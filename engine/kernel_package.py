@@ -21,3 +21,4 @@ def load(name: str) -> ModuleType:
 
 
 reference = load("reference")
+host_memory = load("host_memory")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _cpu
+from . import _cpu, host_memory
 from ._checks import check_device, int4_group_size
 
 _CPU = torch.device("cpu")
@@ -68,7 +68,7 @@ def quantize_pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"weight: expected a non-empty [out_features, in_features] tensor, got {list(weight.shape)}")
     weight = weight.detach().contiguous()
     n, k = weight.shape
-    packed = torch.empty(-(-n // 16), -(-k // 4), 16, 4, dtype=torch.int8)
+    packed = host_memory.empty((-(-n // 16), -(-k // 4), 16, 4), torch.int8)
     colsum = torch.empty(packed.shape[0] * 16, dtype=torch.int32)
     scales = torch.empty(n, dtype=torch.float32)
     a = _cpu.QuantPackArgs()
@@ -90,7 +90,7 @@ def quantize_pack_int4(weight: torch.Tensor, group_size: int = 64,
         raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size}")
     weight = weight.detach().contiguous()
     (n, k), groups = weight.shape, -(-weight.shape[1] // group_size)
-    packed = torch.empty(_packed_shape("int4", n, k, group_size), dtype=torch.uint8)
+    packed = host_memory.empty(_packed_shape("int4", n, k, group_size), torch.uint8)
     params = torch.empty(packed.shape[0], groups, 2, 16, dtype=torch.float16)
     a = _cpu.QuantPackArgs()
     a.weight, a.packed, a.scales = weight.data_ptr(), packed.data_ptr(), params.data_ptr()

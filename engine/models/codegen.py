@@ -12,7 +12,7 @@ from ..config import (MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_ROTARY_TA
 from ..layers.attention import AttentionMetadata, SelfAttention
 from ..layers.linear import ACTIVATIONS, FUSED_ACTS, MLP, embedding, logits_fp32, project
 from ..layers.program import DecoderProgram
-from ..kernel_package import reference
+from ..kernel_package import host_memory, reference
 
 # CodeGen was trained model-parallel on 4 TPU cores: its qkv_proj rows are QKV_CHUNKS chunks of
 # [q | v | k] (the config check refuses an n_embd they do not divide).
@@ -24,8 +24,15 @@ def relayout_qkv(weight: torch.Tensor) -> torch.Tensor:
     hidden = weight.shape[1]
     chunks = weight.view(QKV_CHUNKS, 3, hidden // QKV_CHUNKS, hidden)
     q, v, k = chunks.unbind(1)  # each [QKV_CHUNKS, hidden // QKV_CHUNKS, hidden]
-    return torch.cat([q.reshape(hidden, hidden), k.reshape(hidden, hidden),
-                      v.reshape(hidden, hidden)])
+    out = _empty_like_rows(weight, weight.shape[0])
+    return torch.cat([q.reshape(hidden, hidden), k.reshape(hidden, hidden), v.reshape(hidden, hidden)], out=out)
+
+
+def _empty_like_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """[rows, weight.shape[1]] in weight's dtype, on huge pages on the CPU (kernels/host_memory.py)."""
+    if weight.device.type != "cpu":
+        return torch.empty(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    return host_memory.empty((rows, weight.shape[1]), weight.dtype)
 
 
 class CodeGenBlock(nn.Module):
@@ -48,8 +55,9 @@ class CodeGenBlock(nn.Module):
             return
         qkv, fc_in = self.attn.qkv_proj, self.mlp.fc_in
         qkv_bias = torch.zeros(qkv.out_features, dtype=qkv.weight.dtype) if qkv.bias is None else qkv.bias
-        self.in_proj = linear_cls(torch.cat([qkv.weight, fc_in.weight]),
-                                  torch.cat([qkv_bias.detach(), fc_in.bias.detach()]))
+        weight = _empty_like_rows(qkv.weight, qkv.out_features + fc_in.out_features)
+        torch.cat([qkv.weight.detach(), fc_in.weight.detach()], out=weight)
+        self.in_proj = linear_cls(weight, torch.cat([qkv_bias.detach(), fc_in.bias.detach()]))
         self.attn.qkv_proj = self.mlp.fc_in = None
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor,

@@ -20,6 +20,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,13 @@ def worker(spec: dict) -> dict:
     prompts = {name: workload_prompts(workload, n, plen, spec["vocab"], seed + i, tok)
                for i, name in enumerate(("full", "prefill", "warm"))}
     torch.set_num_threads(spec["threads"])
-    result = _runner(spec["system"])(spec, prompts)
+    runner = _runner(spec["system"])
+    started = time.perf_counter()
+    result = runner(spec, prompts)
     row = summarize_run(spec, result, load_config(spec["model"]))
+    # From the call to the first run: the system's import, its model load (from its own converted
+    # folder for the peers) and any set-up, as a user waits for it.
+    row["load_s"] = result["runs_start"] - started
     row["peak_rss_mb"] = peak_rss_mb()
     return row
 

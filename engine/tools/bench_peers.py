@@ -32,14 +32,16 @@ def _timed(fn) -> float:
 def time_runs(run, prompts: PromptSets, max_tokens: int, background_load: int = 0) -> dict:
     """run(batch, num_tokens) three times: warm-up, prefill-only, full. With background_load busy
     processes beside them, started after the model is loaded; the warm-up runs under the load too,
-    so thread pools have met it before the timed runs."""
+    so thread pools have met it before the timed runs. runs_start: when the first run began (the
+    model is loaded by then)."""
+    runs_start = time.perf_counter()
     with bench_load.background_load(background_load):
         run(prompts["warm"], min(4, max_tokens))
         prefill_s = _timed(lambda: run(prompts["prefill"], 1))
         full_start = time.perf_counter()
         run(prompts["full"], max_tokens)
         full_s = time.perf_counter() - full_start
-    return {"full_s": full_s, "prefill_s": prefill_s, "full_start": full_start}
+    return {"full_s": full_s, "prefill_s": prefill_s, "full_start": full_start, "runs_start": runs_start}
 
 
 def _engine_kwargs(spec: dict, prompts: PromptSets) -> dict:

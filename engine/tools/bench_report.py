@@ -10,7 +10,7 @@ from pathlib import Path
 from . import BENCH_EXTRA
 
 # Per-round figures a row reports as the median over its rounds.
-MEDIAN_FIELDS = ("ttft_ms", "itl_ms", "decode_gbs", "pct_of_read", "read_gbs", "copy_gbs")
+MEDIAN_FIELDS = ("ttft_ms", "itl_ms", "decode_gbs", "pct_of_read", "read_gbs", "copy_gbs", "load_s")
 
 
 def median_range(values: list[float]) -> tuple[float, float, float]:
@@ -130,17 +130,17 @@ def _bandwidth_lines(result: dict) -> list[str]:
 
 def _main_table(rows: list[dict]) -> list[str]:
     lines = ["| requests | load | system | tokens/s median (min-max) | loaded / idle | TTFT ms | ITL ms | "
-             "decode GB/s (% of read) | peak RSS MB |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+             "decode GB/s (% of read) | peak RSS MB | load s |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         head = f"| {r['concurrency']} | {_load_name(r['load'])} | {r['label']} |"
         if "tok_s" not in r:
             reason = r["failed"] if len(r["failed"]) <= 60 else r["failed"][:57] + "..."  # whole in the notes
-            lines.append(f"{head} failed: {reason} | | | | | |")
+            lines.append(f"{head} failed: {reason} | | | | | | |")
             continue
         spread = f" ({r['tok_s_min']:.1f}-{r['tok_s_max']:.1f})" if len(r["tok_s_runs"]) > 1 else ""
         lines.append(f"{head} {r['tok_s']:.1f}{spread} | {_ratio(r.get('vs_idle'))} | {r['ttft_ms']:.1f} | "
                      f"{r['itl_ms']:.2f} | {r['decode_gbs']:.1f} ({r['pct_of_read']:.0f}%) | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{r['peak_rss_mb']:.0f} | {r['load_s']:.1f} |")
     return lines
 
 
@@ -174,6 +174,8 @@ def _notes(result: dict) -> list[str]:
     lines.append("decode GB/s = bytes the decode steps read (linear weights in their stored dtype with their "
                  "scales, lm_head, one embedding row per token, the KV cache at each step's context, local "
                  "layers their window) / (total - TTFT); % of the same round's read-only bandwidth.")
+    lines.append("load s = from starting the system in a fresh process to its first run: its import and its "
+                 "model load (the peers from their own converted folders, codeinfer from the checkpoint).")
     lines += sorted({f"{r['system']}: {r['notes']}" for r in rows if r.get("notes")})
     lines += sorted({f"{r['label']} failed: {r['failed']}" for r in rows if r["failed"]})
     return lines

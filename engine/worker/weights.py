@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig, read_json_object
+from ..kernel_package import host_memory
 from ..models import MODEL_REGISTRY
 
 # safetensors dtype names -> torch dtypes (the ones checkpoints of these models use).
@@ -119,7 +120,7 @@ def read_tensors(path: Path, entries: list[tuple[str, TensorEntry]]):
     (the fp32 CodeGen-350M file alone is 1.6 GB). Entries in offset order read it front to back."""
     with open(path, "rb") as f:
         for name, entry in entries:
-            raw = torch.empty(entry.nbytes, dtype=torch.uint8)
+            raw = host_memory.empty((entry.nbytes,), torch.uint8)
             f.seek(entry.offset)
             if f.readinto(raw.numpy()) != entry.nbytes:
                 raise ValueError(f"{name}: file ends inside its data")
@@ -287,6 +288,17 @@ def _prepare_unit(model: torch.nn.Module, unit, prepare_block) -> None:
     setattr(model, unit, getattr(holder, unit))
 
 
+def _store(param: torch.nn.Parameter, shard: int | None, value: torch.Tensor) -> None:
+    """Put a checkpoint tensor into its parameter: a whole one already in the parameter's dtype,
+    device and layout becomes its storage (the parameter's own pages are never touched, and a
+    quantised block never pays for a second float copy); anything else is copied in."""
+    if (shard is None and value.dtype == param.dtype and value.device == param.device
+            and value.shape == param.shape and value.is_contiguous()):
+        param.data = value
+    else:
+        _destination(param.data, shard).copy_(value)
+
+
 def _fill(model: torch.nn.Module, named_tensors, targets: dict, prepare_block) -> None:
     """Copy each (name, tensor) into its parameter; prepare each block (and the lm_head) whose
     weights are all in, and let its float parameters go."""
@@ -296,7 +308,7 @@ def _fill(model: torch.nn.Module, named_tensors, targets: dict, prepare_block) -
     unit_of = {name: unit for name in params if (unit := _unit_of(model, name)) is not None}
     for name, tensor in named_tensors:
         local, shard = targets[name]
-        _destination(params[local].data, shard).copy_(model.transform_weight(local, tensor))
+        _store(params[local], shard, model.transform_weight(local, tensor))
         left[local] -= 1
         unit = unit_of.get(local)
         if prepare_block is None or unit is None or left[local]:

@@ -42,6 +42,8 @@ def test_bench_repeat_keeps_the_median_run(tiny_codegen_dir, tmp_path, capsys):
     (row,) = json.loads(out.read_text())["rows"]
     runs = row["tok_s_runs"]
     assert len(runs) == 3 and row["tok_s"] == sorted(runs)[1]
+    # Each process's load time, from its start to the first run: positive and under the wall time.
+    assert all(0 < r["load_s"] < 120 for r in row["runs"]) and row["load_s"] > 0
     assert f"{row['tok_s']:.1f} ({min(runs):.1f}-{max(runs):.1f})" in capsys.readouterr().out
     assert main(["bench", "--model", str(tiny_codegen_dir), "--repeat", "0"]) == 2
     assert "repeat" in capsys.readouterr().err

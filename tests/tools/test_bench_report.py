@@ -48,7 +48,7 @@ def tiny_config():
 
 def _run(tok_s):
     return dict(tok_s=tok_s, dtype="int8", ttft_method="streamed", peak_rss_mb=100.0, ttft_ms=1.0, itl_ms=2.0,
-                decode_gbs=3.0, pct_of_read=50.0, read_gbs=6.0, copy_gbs=8.0)
+                decode_gbs=3.0, pct_of_read=50.0, read_gbs=6.0, copy_gbs=8.0, load_s=1.5)
 
 
 def _systems():
@@ -77,6 +77,7 @@ def test_rows_speedups_and_loaded_vs_idle():
     assert "| 1 | idle | ctranslate2 | failed: ValueError: no GPT-Neo |" in table
     assert "| 1 | +1 busy | codeinfer int8 | 47.5 (45.0-50.0) | 0.62x (0.50-0.75) |" in table
     assert "2.50x (2.00-3.00)" in table and "read-only 3.0-3.0 GB/s" in table
+    assert "| 3.0 (50%) | 100 | 1.5 |" in table  # peak RSS, load s
     assert not math.isnan(rows[0]["decode_gbs"])
 
 
