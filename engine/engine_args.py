@@ -112,6 +112,12 @@ class EngineArgs:
               "each step from the kernel's count of runnable threads (at most --threads; a shared "
               "machine then loses a core without stalling the other thread at every barrier)",
         flag="--no-dynamic-threads")
+    prepared_weights_cache: bool = _option(
+        True, "keep a model's quantised or packed CPU weights (int8, int4, bf16; models whose "
+              "prepared weights take 256 MiB or more) in the codeinfer cache "
+              "($CODEINFER_CACHE_ROOT, else ~/.cache/codeinfer) so later loads of the same "
+              "checkpoint read them instead of quantising again; never fills the disk to its "
+              "last 2 GiB", flag="--no-prepared-weights-cache")
     served_model_name: str | list[str] | None = _option(
         None, "the names the server answers to: /v1/models lists them all and a request's "
               "`model` must be one of them (default: --model as given, or the bundled model's "

@@ -9,8 +9,8 @@ from . import _cpu
 from ._checks import (check_attention_rows, check_cache, check_cache_scales, check_device,
                       check_embedding_shapes, check_rotary_rows, check_rotary_table, check_window)
 from .cpu_linear import (_CPU, _DTYPES, PackedLinear, _dtype_name, _ptr, bf16_linear, bind_bf16_linear,  # noqa: F401
-                         bind_int4_linear, bind_int8_linear, int4_linear, int8_linear, quantize_pack_int4,
-                         quantize_pack_int8, quantize_rows)
+                         bind_int4_linear, bind_int8_linear, int4_linear, int8_linear, packed_outputs,
+                         quantize_pack_int4, quantize_pack_int8, quantize_rows)
 
 _CACHE_DTYPES = {**_DTYPES, torch.int8: "int8"}  # int8: per-row scales in k_scale / v_scale
 

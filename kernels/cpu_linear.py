@@ -68,9 +68,7 @@ def quantize_pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"weight: expected a non-empty [out_features, in_features] tensor, got {list(weight.shape)}")
     weight = weight.detach().contiguous()
     n, k = weight.shape
-    packed = host_memory.empty((-(-n // 16), -(-k // 4), 16, 4), torch.int8)
-    colsum = torch.empty(packed.shape[0] * 16, dtype=torch.int32)
-    scales = torch.empty(n, dtype=torch.float32)
+    packed, colsum, scales = packed_outputs("int8", n, k)
     a = _cpu.QuantPackArgs()
     a.weight, a.packed, a.colsum, a.scales = weight.data_ptr(), packed.data_ptr(), colsum.data_ptr(), scales.data_ptr()
     a.out_features, a.in_features = n, k
@@ -89,9 +87,8 @@ def quantize_pack_int4(weight: torch.Tensor, group_size: int = 64,
     if group_size <= 0 or group_size % 32:
         raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size}")
     weight = weight.detach().contiguous()
-    (n, k), groups = weight.shape, -(-weight.shape[1] // group_size)
-    packed = host_memory.empty(_packed_shape("int4", n, k, group_size), torch.uint8)
-    params = torch.empty(packed.shape[0], groups, 2, 16, dtype=torch.float16)
+    n, k = weight.shape
+    packed, params = packed_outputs("int4", n, k, group_size)
     a = _cpu.QuantPackArgs()
     a.weight, a.packed, a.scales = weight.data_ptr(), packed.data_ptr(), params.data_ptr()
     a.out_features, a.in_features, a.group_size, a.asymmetric = n, k, group_size, bool(asymmetric)
@@ -101,6 +98,21 @@ def quantize_pack_int4(weight: torch.Tensor, group_size: int = 64,
 
 # Packed weight layouts of the linear ops: (weight dtype, weight values per 32-bit word).
 _PACKED = {"int8": (torch.int8, 4), "bf16": (torch.bfloat16, 2), "int4": (torch.uint8, 8)}
+
+
+def packed_outputs(kind: str, n: int, k: int, group_size: int = 64,
+                   device: torch.device | str = _CPU) -> tuple[torch.Tensor, ...]:
+    """Uninitialised outputs of quantize_pack_int8 (kind "int8": packed, colsum, scales) or of
+    quantize_pack_int4 ("int4": packed, params) for an [n, k] weight, the packed weight on huge
+    pages; on the meta device their shapes and dtypes alone (the prepared-weights cache builds a
+    model's structure from them before filling it from its file)."""
+    shape = _packed_shape(kind, n, k, group_size)
+    meta = torch.device(device).type == "meta"
+    packed = torch.empty(shape, dtype=_PACKED[kind][0], device=device) if meta else host_memory.empty(shape, _PACKED[kind][0])
+    if kind == "int8":
+        return (packed, torch.empty(shape[0] * 16, dtype=torch.int32, device=device),
+                torch.empty(n, dtype=torch.float32, device=device))
+    return packed, torch.empty(shape[0], -(-k // group_size), 2, 16, dtype=torch.float16, device=device)
 
 
 def _packed_shape(kind: str, n: int, k: int, group_size: int) -> tuple:

@@ -52,7 +52,8 @@ class LLMEngine:
                             args.kv_cache_memory_bytes, self.max_model_len)
         self.runner = ModelRunner(self.config, model_dir, self.dtype, self.device, args.attention_backend,
                                   cache, args.max_num_seqs, self.vocab,
-                                  sample_vocab_size=min(len(tokenizer), self.config.vocab_size))
+                                  sample_vocab_size=min(len(tokenizer), self.config.vocab_size),
+                                  weights_cache=args.prepared_weights_cache)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, args.block_size,
                                           args.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,

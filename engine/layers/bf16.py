@@ -50,4 +50,5 @@ def pack_linears(model: nn.Module, ops=None) -> nn.Module:
     if (ops or cpu_ops) is None:
         return model
     return replace_linears(model, partial(Bf16Linear, ops=ops),
-                           accept=lambda linear: linear.weight.dtype == torch.bfloat16 and linear.weight.is_cpu)
+                           accept=lambda linear: linear.weight.dtype == torch.bfloat16
+                           and linear.weight.device.type in ("cpu", "meta"))  # meta: see Int8Linear

@@ -40,7 +40,7 @@ class Int4Linear(PackedLinearBase):
         (kernels.reference for the "torch" backend; default: the C++ one). group_size, asymmetric:
         see kernels.reference.quantize_int4."""
         super().__init__()
-        if not weight.is_cpu:
+        if weight.device.type not in ("cpu", "meta"):  # meta: see Int8Linear
             raise ValueError(f"dtype 'int4' runs on the CPU; the weight is on {weight.device}")
         self.ops = ops or cpu_ops
         self.out_features, self.in_features = weight.shape

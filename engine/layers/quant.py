@@ -106,7 +106,8 @@ class Int8Linear(PackedLinearBase):
         super().__init__()
         self.ops = ops or cpu_ops
         self.out_features, self.in_features = weight.shape
-        self.packed = weight.is_cpu if packed is None else packed
+        # meta: the structure of a model whose packed tensors come from the prepared-weights cache.
+        self.packed = weight.device.type in ("cpu", "meta") if packed is None else packed
         if self.packed:  # only the packed copy is kept: [out / 16, in / 4, 16, 4] + column sums
             if weight.dtype not in (torch.float32, torch.bfloat16):
                 weight = weight.float()

@@ -54,10 +54,14 @@ class CodeGenBlock(nn.Module):
         if self.mlp.act_name not in FUSED_ACTS or self.in_proj is not None:
             return
         qkv, fc_in = self.attn.qkv_proj, self.mlp.fc_in
-        qkv_bias = torch.zeros(qkv.out_features, dtype=qkv.weight.dtype) if qkv.bias is None else qkv.bias
-        weight = _empty_like_rows(qkv.weight, qkv.out_features + fc_in.out_features)
-        torch.cat([qkv.weight.detach(), fc_in.weight.detach()], out=weight)
-        self.in_proj = linear_cls(weight, torch.cat([qkv_bias.detach(), fc_in.bias.detach()]))
+        rows = qkv.out_features + fc_in.out_features
+        weight = _empty_like_rows(qkv.weight, rows)
+        bias = torch.empty(rows, dtype=fc_in.bias.dtype, device=weight.device)
+        if not weight.is_meta:  # meta: the structure alone (engine/worker/prepared_weights.py)
+            torch.cat([qkv.weight.detach(), fc_in.weight.detach()], out=weight)
+            bias[:qkv.out_features] = 0.0 if qkv.bias is None else qkv.bias.detach()
+            bias[qkv.out_features:] = fc_in.bias.detach()
+        self.in_proj = linear_cls(weight, bias)
         self.attn.qkv_proj = self.mlp.fc_in = None
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cos_sin: torch.Tensor,

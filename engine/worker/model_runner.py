@@ -17,6 +17,7 @@ from ..layers.attention import AttentionMetadata
 from ..layers.bf16 import pack_linears
 from ..layers.int4 import quantize_linears_int4
 from ..layers.quant import quantize_linears
+from . import prepared_weights
 from .kv_cache import KVCache
 from .sampler import SampleResult, sample, token_logprobs, verify
 from .weights import load_model, release_freed_memory
@@ -117,12 +118,18 @@ class _Rows:
     prompt: list[tuple[Request, list[int], list[int]]]  # (request, rows, prompt token of each row)
 
 
+# The CPU path's linear replacements by mode, applied block by block while loading: int8 / int4
+# quantise, bf16 packs for the C++ GEMM (engine/layers/quant.py, int4.py, bf16.py).
+PREPARE = {"int8": quantize_linears, "int4": quantize_linears_int4, "bf16": pack_linears}
+
+
 class ModelRunner:
     def __init__(self, config: ModelConfig, model_dir: Path, dtype: torch.dtype,
                  device: torch.device, attention_backend: str, cache: CacheConfig,
-                 max_num_seqs: int, vocab, sample_vocab_size: int):
+                 max_num_seqs: int, vocab, sample_vocab_size: int, weights_cache: bool = False):
         """vocab: the engine's Vocabulary (engine/vocab.py): the embedding row of each id in code
-        modality and the ids never sampled."""
+        modality and the ids never sampled. weights_cache: load the prepared CPU weights from their
+        cache entry, and write one when there is none (engine/worker/prepared_weights.py)."""
         # dtype int8: int8 linear weights and GEMM inputs (engine/layers/quant.py), the rest bfloat16.
         self.quant = QUANT_MODES.get(dtype)
         dtype = torch.bfloat16 if self.quant else dtype
@@ -133,14 +140,17 @@ class ModelRunner:
         # The packed linears run the backend's own int8_linear / bf16_linear (the reference ones
         # for "torch"); Triton has none (on the GPU the GEMMs stay on torch), so the C++ ones.
         linear_ops = self.ops if hasattr(self.ops, "int8_linear") else None
-        prepare = {"int8": partial(quantize_linears, ops=linear_ops),
-                   "int4": partial(quantize_linears_int4, ops=linear_ops)}.get(self.quant)
-        if not self.quant and dtype == torch.bfloat16 and device.type == "cpu":
-            prepare = partial(pack_linears, ops=linear_ops)
-        self.model = load_model(config, model_dir, self.ops, dtype, device, prepare_block=prepare)
-        if prepare is not None:
-            prepare(self.model)
-            release_freed_memory()
+        mode = self.quant or ("bf16" if dtype == torch.bfloat16 and device.type == "cpu" else None)
+        cached = mode is not None and weights_cache and linear_ops is not None and device.type == "cpu"
+        self.model = prepared_weights.load(config, model_dir, mode, dtype, linear_ops, PREPARE[mode]) if cached else None
+        if self.model is None:
+            prepare = partial(PREPARE[mode], ops=linear_ops) if mode else None
+            self.model = load_model(config, model_dir, self.ops, dtype, device, prepare_block=prepare)
+            if prepare is not None:
+                prepare(self.model)
+                release_freed_memory()
+                if cached:
+                    prepared_weights.save(self.model, model_dir, mode)
         # Ids >= sample_vocab_size exist in the embedding (padding rows) but are never sampled.
         self.sample_vocab_size = sample_vocab_size
         # [sample_vocab_size] ids never sampled (CodeCLM: its twins are emitted, not text ids);
