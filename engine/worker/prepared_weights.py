@@ -44,13 +44,13 @@ def _fingerprint(model_dir: Path, mode: str) -> dict:
     from .. import __version__
 
     files = safetensors_files(model_dir) + [model_dir / "config.json"]
-    return {"format": FORMAT_VERSION, "engine": __version__, "mode": mode, "source": str(model_dir),
+    return {"format": FORMAT_VERSION, "engine": __version__, "mode": mode, "source": str(model_dir.resolve()),
             "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
 def entry_dir(model_dir: Path, mode: str) -> Path:
     """The cache folder of (checkpoint folder, mode)."""
-    digest = hashlib.sha256(f"{model_dir}\0{mode}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{model_dir.resolve()}\0{mode}".encode()).hexdigest()[:16]
     return cache_root() / "prepared" / f"{model_dir.name}-{mode}-{digest}"
 
 
@@ -173,7 +173,7 @@ def load(config: ModelConfig, model_dir: Path, mode: str, dtype: torch.dtype, op
             model = MODEL_REGISTRY[config.architecture](config, ops).to(dtype)
         model.tie_weights()
         prepare(model, ops=_MetaPacking(ops))
-        _fill(model, folder / WEIGHTS, ops)
+        _fill(model, folder / WEIGHTS)
     except (ValueError, OSError, RecursionError) as e:
         if (folder / MARKER).exists():
             logger.warning("ignoring the prepared-weights cache entry %s: %s", folder, e)
@@ -182,9 +182,9 @@ def load(config: ModelConfig, model_dir: Path, mode: str, dtype: torch.dtype, op
     return model.eval()
 
 
-def _fill(model: nn.Module, path: Path, ops) -> None:
+def _fill(model: nn.Module, path: Path) -> None:
     """Every tensor of the meta model from the file, which must hold exactly those (names, shapes,
-    dtypes); the modules' packers' ops back to `ops`."""
+    dtypes); the modules' ops back from _MetaPacking to the backend's."""
     want = _named_tensors(model)
     header = read_header(path)
     wrong = sorted(n for n, (_, _, t) in want.items()

@@ -36,7 +36,7 @@ def _outputs(model_dir, dtype, **kwargs):
 
 
 def _entry(model_dir, dtype):
-    return prepared_weights.entry_dir(model_dir.resolve(), {"bfloat16": "bf16"}.get(dtype, dtype))
+    return prepared_weights.entry_dir(model_dir, {"bfloat16": "bf16"}.get(dtype, dtype))
 
 
 def _spy_loads(monkeypatch):
