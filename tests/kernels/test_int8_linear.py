@@ -66,6 +66,26 @@ def test_int8_linear_sums_exact(rows, k, n, dtype, cpu_ops):
     assert torch.equal(out, (x.long() @ w.long().t()).float())
 
 
+# Every row tail of the AVX2 tiles (1..17 rows, and 97: a 64-row block plus 33), K whose prepared
+# rows end inside a group of 4 words (11, 37, 130: 3, 10, 33 words), N ending inside a half panel.
+@pytest.mark.parametrize("k,n", [(11, 45), (37, 21), (130, 45)])
+@pytest.mark.parametrize("rows", [*range(1, 18), 97])
+def test_int8_linear_row_tails_exact(rows, k, n, cpu_ops):
+    """The int32 sums and the dequantised fp32 and bf16 outputs match the reference bit for bit."""
+    w, packed, colsum = _weights(k, n)
+    x = torch.randint(-127, 128, (rows, k)).float()
+    x[:, 0] = 127  # scale 1: the rows quantise to themselves
+    sums = cpu_ops.int8_linear(x, packed, colsum, torch.ones(n), out_dtype=torch.float32)
+    assert torch.equal(sums, (x.long() @ w.long().t()).float())
+    x = torch.randn(rows, k) * 3.0
+    w_scales = torch.rand(n) / (k * 16)
+    xq, x_scales = cpu_ops.quantize_rows(x)
+    for dtype in DTYPES:
+        out = cpu_ops.int8_linear(x, packed, colsum, w_scales, out_dtype=dtype)
+        expected = reference.int8_gemm(xq, x_scales, packed, colsum, w_scales, None, None, None, dtype)
+        assert torch.equal(out, expected), dtype
+
+
 @epilogue_cases()
 def test_int8_linear(rows, k, n, dtype, norm, bias, residual, act_start, cpu_ops):
     w, packed, colsum = _weights(k, n)
