@@ -89,9 +89,10 @@ class LLMEngine:
         kv_bytes = self.runner.num_kv_blocks * self.runner.block_bytes()
         backend = self.runner.ops.__name__.rsplit(".", 1)[-1].replace("reference", "torch")
         logger.info(
-            "Loaded %s (%s) in %.2f s on %s: dtype %s, KV cache %s, %d blocks of %d tokens "
+            "Loaded %s (%s) in %.2f s on %s%s: dtype %s, KV cache %s, %d blocks of %d tokens "
             "(%.2f GiB), max context %d tokens, threads %s, attention backend %s",
             args.model or DEFAULT_MODEL, self.config.architecture, load_seconds, self.device,
+            "" if self.runner.weights_source == "checkpoint" else f" (prepared weights from {self.runner.weights_source})",
             chosen(self.runner.quant or str(self.dtype).removeprefix("torch."), args.dtype),
             chosen(str(self.runner.kv_dtype).removeprefix("torch."), args.kv_cache_dtype),
             self.runner.num_kv_blocks, args.block_size, kv_bytes / 2 ** 30,

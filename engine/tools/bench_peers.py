@@ -98,6 +98,7 @@ def run_codeinfer(spec: dict, prompts: PromptSets) -> dict:
                       head_per_channel=8 if runner.quant == "int4" else None)
     result["storage"] = dataclasses.asdict(storage)
     result["dtype"] = str(runner.quant or runner.dtype).replace("torch.", "") + (" + int8 KV" if int8_kv else "")
+    result["notes"] = f"weights from {'the prepared-weights cache' if runner.weights_source != 'checkpoint' else 'the checkpoint'}"
     return result
 
 

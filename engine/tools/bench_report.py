@@ -175,7 +175,7 @@ def _notes(result: dict) -> list[str]:
                  "scales, lm_head, one embedding row per token, the KV cache at each step's context, local "
                  "layers their window) / (total - TTFT); % of the same round's read-only bandwidth.")
     lines.append("load s = from starting the system in a fresh process to its first run: its import and its "
-                 "model load (the peers from their own converted folders, codeinfer from the checkpoint).")
+                 "model load (the peers from their own converted folders; codeinfer's source is in its note).")
     lines += sorted({f"{r['system']}: {r['notes']}" for r in rows if r.get("notes")})
     lines += sorted({f"{r['label']} failed: {r['failed']}" for r in rows if r["failed"]})
     return lines

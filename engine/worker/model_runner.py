@@ -143,6 +143,8 @@ class ModelRunner:
         mode = self.quant or ("bf16" if dtype == torch.bfloat16 and device.type == "cpu" else None)
         cached = mode is not None and weights_cache and linear_ops is not None and device.type == "cpu"
         self.model = prepared_weights.load(config, model_dir, mode, dtype, linear_ops, PREPARE[mode]) if cached else None
+        # Where the weights came from, for the start-up summary: the checkpoint or the cache entry.
+        self.weights_source = str(prepared_weights.entry_dir(model_dir, mode)) if self.model is not None else "checkpoint"
         if self.model is None:
             prepare = partial(PREPARE[mode], ops=linear_ops) if mode else None
             self.model = load_model(config, model_dir, self.ops, dtype, device, prepare_block=prepare)

@@ -49,13 +49,15 @@ def _spy_loads(monkeypatch):
 
 @pytest.mark.parametrize("model_dir", ["codegen", "gptneo"], indirect=True)
 @pytest.mark.parametrize("dtype", ["int8", "int4", "bfloat16"])
-def test_second_load_reads_the_entry_and_changes_no_bit(model_dir, dtype, monkeypatch):
+def test_second_load_reads_the_entry_and_changes_no_bit(model_dir, dtype, monkeypatch, caplog):
     loads = _spy_loads(monkeypatch)
     fresh = _outputs(model_dir, dtype)
     entry = _entry(model_dir, dtype)
     assert (entry / MARKER).is_file() and (entry / WEIGHTS).is_file() and len(loads) == 1
-    cached = _outputs(model_dir, dtype)
+    with caplog.at_level(logging.INFO, logger="engine"):
+        cached = _outputs(model_dir, dtype)
     assert len(loads) == 1, "the second load read the float checkpoint"
+    assert f"(prepared weights from {entry})" in caplog.text  # the start-up summary says so
     assert cached == fresh
 
 
