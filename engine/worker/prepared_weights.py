@@ -26,7 +26,7 @@ from torch import nn
 from ..config import ModelConfig, read_json_object
 from ..models import MODEL_REGISTRY
 from .convert import cache_root
-from .weights import read_header, safetensors_files
+from .weights import SAFETENSORS_DTYPES, read_header, safetensors_files
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     starts 64-byte aligned and tensors go by alignment (sizes that are multiples of 64 bytes first,
     then by element size), so every tensor of the mapped file is aligned for its dtype with no
     gaps between them."""
-    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int8: "I8",
-             torch.uint8: "U8", torch.int32: "I32", torch.int64: "I64"}
+    names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
     nbytes = {name: t.numel() * t.element_size() for name, t in tensors.items()}
     order = sorted(tensors, key=lambda n: (nbytes[n] % 64 != 0, -tensors[n].element_size()))
     header, offset = {}, 0
