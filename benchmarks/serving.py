@@ -226,12 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine-flag", action="append", default=[], metavar="FLAG",
                         help="another engine flag for the server and the offline run alike, e.g. "
                              "--engine-flag=--no-dynamic-threads (repeatable)")
+    parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
+                        help="a `codeinfer serve` flag for the server only, e.g. "
+                             "--server-flag=--no-engine-process (repeatable)")
     parser.add_argument("--offline", action="store_true",
                         help="also run each load level offline (codeinfer bench) and pair the ratios")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of each load level (with --offline: "
                         "server and offline alternating)")
     parser.add_argument("--prefix-tokens", type=int, default=1000)
-    parser.add_argument("--keystrokes", type=int, default=24)
+    parser.add_argument("--keystrokes", type=int, default=24,
+                        help="keystroke requests after the load levels (0: none)")
     parser.add_argument("--keystroke-max-tokens", type=int, default=8)
     parser.add_argument("--skip-load", action="store_true")
     args = parser.parse_args(argv)
@@ -239,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, config, tokenizer, ids = model_and_sources(args.model)
     context = config.max_position_embeddings
     results: dict = {"model": model_dir.name, "dtype": args.dtype, "load": [], "keystroke": {}}
-    server_args = ["--dtype", args.dtype, "--kv-cache-dtype", args.kv_cache_dtype,
+    engine_args = ["--dtype", args.dtype, "--kv-cache-dtype", args.kv_cache_dtype,
                    *(["--threads", str(args.threads)] if args.threads else []), *args.engine_flag]
+    server_args = [*engine_args, *args.server_flag]
     if args.offline and args.url:
         parser.error("--offline runs its own server (leave out --url)")
 
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["load"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.offline:
-                    offline_rows.append(offline_level(args.model, server_args, concurrency,
+                    offline_rows.append(offline_level(args.model, engine_args, concurrency,
                                                       prompt_tokens, args.max_tokens))
                     print("offline:", json.dumps(offline_rows[-1]), flush=True)
             if args.offline:
@@ -270,16 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         prefix_ids = ids[:prefix_tokens]
         tail_ids = ids[prefix_tokens:prefix_tokens + args.keystrokes]
         results["keystroke"]["prefix_tokens"] = prefix_tokens
-        results["keystroke"]["on"] = asyncio.run(keystrokes(url, prefix_ids, tail_ids,
-                                                            args.keystroke_max_tokens))
-        print("keystroke, prefix caching on:", json.dumps(results["keystroke"]["on"]), flush=True)
+        if args.keystrokes > 0:
+            results["keystroke"]["on"] = asyncio.run(keystrokes(url, prefix_ids, tail_ids,
+                                                                args.keystroke_max_tokens))
+            print("keystroke, prefix caching on:", json.dumps(results["keystroke"]["on"]), flush=True)
     finally:
         if server:
             server.close()
-    off_server = None if args.url_no_cache or args.url else Server(
+    off_server = None if args.url_no_cache or args.url or args.keystrokes <= 0 else Server(
         args.model, *server_args, "--no-prefix-caching")
     off_url = args.url_no_cache or (off_server.url if off_server else None)
-    if off_url:
+    if off_url and args.keystrokes > 0:
         try:
             warm_up(off_url, prompts)
             results["keystroke"]["off"] = asyncio.run(keystrokes(off_url, prefix_ids, tail_ids,

@@ -1,10 +1,11 @@
-"""AsyncLLM: one LLMEngine driven by one background thread, shared by many asyncio clients.
+"""AsyncLLM: one LLMEngine driven by one EngineLoop, shared by many asyncio clients.
 
 The engine is not thread-safe, so every engine call (add_request, abort_request, step, get_stats)
-happens on the engine thread. Clients on the event loop talk to it through a command deque and get
-outputs back through `loop.call_soon_threadsafe`:
+happens in the EngineLoop, on a thread of its own or in a process of its own (EngineProcess, so
+that the HTTP work and the engine's steps do not share one GIL). Clients on the event loop talk to
+it through commands and get outputs back through `loop.call_soon_threadsafe`:
 
-    event loop                                   engine thread
+    event loop                                   engine loop
     add_request() --("add", id, tokens, sp)-->   engine.add_request  --ack/err--> stream
       (engine.tokenize on a tokeniser thread first, so the engine thread only sees token ids)
     abort()       --("abort", id)----------->    engine.abort_request (before the next step)
@@ -39,6 +40,11 @@ class EngineClosed(RuntimeError):
 class EngineError(RuntimeError):
     """A request failed inside engine.step() and was aborted (the engine isolates the requests
     that fail; should step() itself raise, every request in the engine gets this error)."""
+
+
+class EngineDead(EngineError):
+    """The engine stopped on its own (its process died): this request and every later one fail
+    (the server answers 503 and /health turns 503)."""
 
 
 class RequestStream:
@@ -92,12 +98,11 @@ class AsyncLLM:
     """
 
     def __init__(self, engine, max_waiting: int = 256):
+        """engine: an LLMEngine (stepped on a thread of this process) or an EngineProcess."""
         if max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
         self.engine = engine
         self.max_waiting = max_waiting
-        self._commands: collections.deque = collections.deque()
-        self._wakeup = threading.Event()
         self._streams: dict[str, RequestStream] = {}   # touched only on the event loop
         self._stats: dict[str, Any] = dict(engine.get_stats())
         self._accepting = True
@@ -106,16 +111,23 @@ class AsyncLLM:
         self._tokenizers = ThreadPoolExecutor(max_workers=2,
                                               thread_name_prefix="codeinfer-tokenize")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._core: EngineThread | None = None   # or the EngineProcess, once started
+        self._error: str | None = None            # why the engine stopped on its own
 
     # ---------------------------------------------------------------- event-loop side
 
     def start(self) -> None:
-        """Start the engine thread; call from inside the running event loop."""
-        assert self._thread is None, "AsyncLLM already started"
+        """Start the engine loop; call from inside the running event loop."""
+        assert self._core is None, "AsyncLLM already started"
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="codeinfer-engine", daemon=True)
-        self._thread.start()
+        core = self.engine if hasattr(self.engine, "run_loop") else EngineThread(self.engine)
+        core.run_loop(self._emit)
+        self._core = core
+
+    @property
+    def error(self) -> str | None:
+        """Why the engine stopped while serving (its process died), else None."""
+        return self._error
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -133,7 +145,9 @@ class AsyncLLM:
         meanwhile). Raises QueueFull, EngineClosed, or what engine.tokenize / add_request raised
         (ValueError for a bad prompt or parameters).
         """
-        if not self._accepting or self._thread is None:
+        if self._error is not None:
+            raise EngineDead(self._error)
+        if not self._accepting or self._core is None:
             raise EngineClosed("the server is shutting down")
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
@@ -189,15 +203,29 @@ class AsyncLLM:
         for request_id in list(self._streams):
             self.abort(request_id, EngineClosed("the server shut down before the request finished"))
         self._tokenizers.shutdown(wait=False)  # what is queued runs, then finds its stream gone
-        if self._thread is not None:
+        if self._core is not None:
             self._send(("stop",))
-            await asyncio.to_thread(self._thread.join, 30.0)
-            if self._thread.is_alive():
-                logger.error("engine thread did not stop within 30 s")
+            if not await asyncio.to_thread(self._core.join, 30.0):
+                logger.error("the engine loop did not stop within 30 s")
 
     def _send(self, command: tuple) -> None:
-        self._commands.append(command)
-        self._wakeup.set()
+        if self._core is not None:
+            self._core.send(command)
+
+    def _emit(self, messages: list[tuple]) -> None:
+        """From the engine loop (any thread): one iteration's (kind, *args) messages. Stats are
+        taken at once, so that a reader of stats and outputs sees them agree."""
+        for kind, *args in messages:
+            if kind == "stats":
+                self._stats = args[0]
+            else:
+                self._post(getattr(self, "_" + kind), *args)
+
+    def _died(self, message: str) -> None:
+        """The engine stopped on its own: every request fails, no new one is accepted."""
+        logger.error("%s", message)
+        self._error = message
+        self._fail(list(self._streams), EngineDead(message))
 
     def _deliver(self, outputs: list) -> None:
         for output in outputs:
@@ -229,65 +257,112 @@ class AsyncLLM:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
 
-    # ---------------------------------------------------------------- engine-thread side
 
-    def _run(self) -> None:
-        live: set[str] = set()   # ids the engine holds, as seen from this thread
+class EngineThread:
+    """Runs an EngineLoop on a daemon thread of this process: commands through a deque."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._commands: collections.deque = collections.deque()
+        self._wakeup = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_loop(self, emit) -> None:
+        loop = EngineLoop(self.engine, emit)
+        self._thread = threading.Thread(target=loop.run, args=(self._receive,),
+                                        name="codeinfer-engine", daemon=True)
+        self._thread.start()
+
+    def send(self, command: tuple) -> None:
+        self._commands.append(command)
+        self._wakeup.set()
+
+    def join(self, timeout: float) -> bool:
+        """True once the loop has stopped."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _receive(self, block: bool) -> list[tuple]:
+        if block and not self._commands:
+            self._wakeup.wait()
+        self._wakeup.clear()
+        commands = []
+        while self._commands:
+            commands.append(self._commands.popleft())
+        return commands
+
+
+class EngineLoop:
+    """The engine side of AsyncLLM, wherever it runs: applies add / abort / stop commands, steps
+    while there is work, and hands each iteration's messages to `emit` in one list:
+    ("accept", id, error | None), ("fail", ids, error), ("stats", dict), ("deliver", outputs)."""
+
+    def __init__(self, engine, emit):
+        self.engine = engine
+        self.emit = emit
+        self.live: set[str] = set()   # ids the engine holds, as seen from the loop
+        self._messages: list[tuple] = []
+
+    def run(self, receive) -> None:
+        """receive(block) -> the commands queued since the last call (block: wait for one)."""
         self.engine.use_threads()
         while True:
-            if not self._commands and not self.engine.has_unfinished_requests():
-                self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._apply_commands(live):
+            if not self._apply(receive(not self.engine.has_unfinished_requests())):
                 return
-            outputs = self._step(live) if self.engine.has_unfinished_requests() else []
+            outputs = self._step() if self.engine.has_unfinished_requests() else []
             try:  # refreshed before the outputs go out, so a reader of both sees them agree
-                self._stats = dict(self.engine.get_stats())
+                self._messages.append(("stats", dict(self.engine.get_stats())))
             except Exception:
                 logger.exception("engine.get_stats() failed")
             if outputs:
-                self._post(self._deliver, outputs)
+                self._messages.append(("deliver", outputs))
+            self._flush()
 
-    def _apply_commands(self, live: set[str]) -> bool:
-        """Run queued add/abort commands on the engine; False when asked to stop."""
-        while self._commands:
-            command = self._commands.popleft()
+    def _flush(self) -> None:
+        if self._messages:
+            messages, self._messages = self._messages, []
+            self.emit(messages)
+
+    def _apply(self, commands: list[tuple]) -> bool:
+        """Run add/abort commands on the engine; False when asked to stop."""
+        for command in commands:
             if command[0] == "stop":
-                for request_id in list(live):
+                for request_id in list(self.live):
                     self.engine.abort_request(request_id)
+                self._flush()
                 return False
             request_id = command[1]
             if command[0] == "abort":
-                live.discard(request_id)
+                self.live.discard(request_id)
                 self.engine.abort_request(request_id)
                 continue
             try:
                 self.engine.add_request(request_id, command[2], command[3])
             except Exception as error:  # a bad request must not stop the loop
-                self._post(self._accept, request_id, error)
+                self._messages.append(("accept", request_id, error))
             else:
-                live.add(request_id)
-                self._post(self._accept, request_id, None)
+                self.live.add(request_id)
+                self._messages.append(("accept", request_id, None))
         return True
 
-    def _step(self, live: set[str]) -> list:
+    def _step(self) -> list:
         try:
             outputs = self.engine.step()
         except Exception as error:
-            logger.exception("engine.step() failed; aborting %d requests", len(live))
-            failed = list(live)
+            logger.exception("engine.step() failed; aborting %d requests", len(self.live))
+            failed = list(self.live)
             for request_id in failed:
                 try:
                     self.engine.abort_request(request_id)
                 except Exception:
                     logger.exception("abort_request(%s) failed", request_id)
-            live.clear()
-            self._post(self._fail, failed, EngineError(f"engine step failed: {error}"))
+            self.live.clear()
+            self._messages.append(("fail", failed, EngineError(f"engine step failed: {error}")))
             return []
         for output in outputs:
             if output.finished:
-                live.discard(output.request_id)
+                self.live.discard(output.request_id)
             if output.error is not None:  # the engine isolated and aborted this request only
-                self._post(self._fail, [output.request_id],
-                           EngineError(f"engine step failed for this request: {output.error}"))
+                self._messages.append(("fail", [output.request_id], EngineError(
+                    f"engine step failed for this request: {output.error}")))
         return [output for output in outputs if output.error is None]

@@ -52,6 +52,10 @@ def register(subparsers) -> None:
     p.add_argument("--disable-log-stats", action="store_true",
                    help="no periodic engine stats line (throughput, running and waiting "
                         "requests, KV cache usage) while busy")
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the engine in a process of its own (the default), so that HTTP work and the "
+                        "engine's steps do not share one GIL (--no-engine-process: on a thread "
+                        "of the server process)")
     EngineArgs.add_cli_args(p)
     ReplicaOptions.add_cli_args(p)
     p.set_defaults(func=run)
@@ -85,14 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ...core.llm_engine import LLMEngine
     from ..async_engine import AsyncLLM
     from ..server import build_app
     from ..server.drain import DrainingServer
 
     try:
-        engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
-    except (ValueError, OSError) as exc:
+        engine = _load_engine(EngineArgs.from_cli_args(args), args.engine_process)
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 1
     async_llm = AsyncLLM(engine, max_waiting=args.max_queue)
@@ -109,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
     server = DrainingServer(config, async_llm, drain_timeout=args.shutdown_timeout)
     server.run()
     return 0 if server.started else 1
+
+
+def _load_engine(engine_args: EngineArgs, in_process_of_its_own: bool):
+    if in_process_of_its_own:
+        from ..engine_process import EngineProcess
+
+        return EngineProcess(engine_args)
+    from ...core.llm_engine import LLMEngine
+
+    return LLMEngine.from_engine_args(engine_args)
 
 
 def _run_replicas(args: argparse.Namespace, local: bool) -> int:

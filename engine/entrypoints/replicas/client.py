@@ -118,6 +118,11 @@ class ReplicaClient:
         return self._stats
 
     @property
+    def error(self) -> str | None:
+        """AsyncLLM.error: Serve restarts a replica that dies, so the app stays up (None)."""
+        return None
+
+    @property
     def num_waiting(self) -> int:
         return sum(1 for s in self._streams.values() if not s.started)
 

@@ -99,6 +99,8 @@ def build_app(async_llm, api_key: str | None = None, shutdown_timeout: float = 0
 
     @app.get("/health")
     async def health():
+        if async_llm.error is not None:
+            return JSONResponse(error_body(async_llm.error, "server_error"), status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")

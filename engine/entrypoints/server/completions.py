@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...core.sampling_params import SamplingParams
-from ..async_engine import EngineClosed, EngineError, QueueFull
+from ..async_engine import EngineClosed, EngineDead, EngineError, QueueFull
 from .metrics import ServerMetrics
 from .models import ServedModels
 from .protocol import APIError, CompletionRequest, error_body
@@ -358,6 +358,8 @@ def _api_error(exc: BaseException) -> APIError:
     if isinstance(exc, EngineClosed):
         return APIError(503, str(exc), type="server_error", code="shutting_down",
                         headers={"Retry-After": "5"})
+    if isinstance(exc, EngineDead):
+        return APIError(503, str(exc), type="server_error", code="engine_dead")
     if isinstance(exc, (ValueError, TypeError)):
         message = str(exc)
         code = "context_length_exceeded" if "context" in message.lower() else None

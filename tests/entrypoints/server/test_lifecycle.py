@@ -127,3 +127,58 @@ def test_sigterm_finishes_in_flight_and_exits_0(guarded):
     assert guarded.proc.wait(timeout=30) == 0, guarded.output()
     with pytest.raises(httpx.TransportError):
         httpx.get(guarded.url + "/health", timeout=2)
+
+
+def engine_child(server_pid: int) -> int:
+    """The pid of the server's engine process (the spawned child that is not Python's resource
+    tracker)."""
+    children = []
+    for task in os.listdir(f"/proc/{server_pid}/task"):
+        with open(f"/proc/{server_pid}/task/{task}/children") as f:
+            children += [int(pid) for pid in f.read().split()]
+    for pid in children:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"spawn_main" in f.read():
+                return pid
+    raise AssertionError(f"no engine process among the children {children}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_dead_engine_process_fails_streams_then_answers_503(tiny_codegen_dir):
+    server = ServerProcess(tiny_codegen_dir)
+    try:
+        child = engine_child(server.proc.pid)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            with client.stream("POST", "/v1/completions", json=long_request(tiny_codegen_dir)) as response:
+                lines = response.iter_lines()
+                first_chunk(lines)
+                os.kill(child, signal.SIGKILL)
+                events = [line for line in lines if line.startswith("data: ")]
+            assert events[-1] == "data: [DONE]"
+            error = json.loads(events[-2][6:])["error"]
+            assert error["code"] == "engine_dead" and "exit code -9" in error["message"]
+            health = client.get("/health")
+            assert health.status_code == 503 and "engine process" in health.json()["error"]["message"]
+            later = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+            assert later.status_code == 503 and later.json()["error"]["code"] == "engine_dead"
+        assert server.stop() == 0
+    finally:
+        server.stop()
+
+
+def test_a_killed_server_leaves_no_engine_process(tiny_codegen_dir):
+    server = ServerProcess(tiny_codegen_dir)
+    try:
+        child = engine_child(server.proc.pid)
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        assert wait_for(lambda: not alive(child), 20.0), "the engine process outlived its server"
+    finally:
+        server.stop()
